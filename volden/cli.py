@@ -1,0 +1,180 @@
+"""The ``volden`` command: a thin layer over the Python API.
+
+Bad input ends in one line on stderr (``volden: error: ...``) and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from ._version import __version__
+from .errors import VoldenError
+
+Triple = tuple[int, int, int]
+
+
+class TripleType(click.ParamType):
+    """'Z,Y,X' as three integers."""
+
+    name = "Z,Y,X"
+
+    def convert(self, value, param, ctx) -> Triple:
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) != 3:
+            self.fail(f"{value!r} is not three integers Z,Y,X", param, ctx)
+        return parts  # type: ignore[return-value]
+
+
+TRIPLE = TripleType()
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="volden")
+def cli() -> None:
+    """Self-supervised (Noise2Self) denoising of large 3D microscopy volumes."""
+
+
+@cli.command()
+@click.argument("output", type=click.Path())
+@click.option("--kind", type=click.Choice(["nuclei", "neurites", "mixed"]), default="nuclei", show_default=True)
+@click.option("--shape", type=TRIPLE, default="64,256,256", show_default=True)
+@click.option("--photons", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Expected photons at the brightest structures.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chunks", type=TRIPLE, default="32,128,128", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
+    """Write a synthetic camera-like volume (image 'noisy') and its clean expectation ('clean')."""
+    from .synth import write_synthetic
+
+    write_synthetic(output, shape=shape, kind=kind, photons=photons, seed=seed, chunks=chunks, overwrite=overwrite)
+    click.echo(f"wrote {output}: arrays 'noisy' (uint16, the OME-Zarr image) and 'clean' (float32), shape {shape}")
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("-o", "--output", "model_path", required=True, type=click.Path(), help="Model folder to write.")
+@click.option("--array", default=None, help="Array (or image group) inside INPUT.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after this much time (default 10 when --steps is not given).")
+@click.option("--patch", type=TRIPLE, default=None, help="Training patch (default: 16,64,64 on CPU, 32,96,96 on GPU).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Patches per step (default 4 CPU, 8 GPU).")
+@click.option("--grid", type=TRIPLE, default="3,3,3", show_default=True, help="J-partition grid.")
+@click.option("--fill", type=click.Choice(["donut", "random"]), default="donut", show_default=True)
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="UNet depth (default 2 CPU, 3 GPU).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="UNet base width (default 8 CPU, 32 GPU).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
+def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, depth, width, device, seed, resume, overwrite) -> None:
+    """Train a Noise2Self denoiser on INPUT (no clean data needed)."""
+    from .model import CONFIG_FILE
+    from .training import CHECKPOINT_DIR, TrainConfig
+    from .training import train as run_training
+    from .volume import open_volume
+
+    config = TrainConfig(patch=patch, batch=batch, grid=grid, fill=fill, steps=steps, minutes=minutes,
+                         depth=depth, width=width, device=device, seed=seed)
+    volume = open_volume(input, array)
+    target = Path(model_path)
+    if resume and not (target / CHECKPOINT_DIR).exists():
+        raise VoldenError(f"{model_path} has no checkpoint to resume from")
+    if not resume and target.exists() and any(target.iterdir()) and not overwrite:
+        raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
+    if not resume and overwrite and (target / CONFIG_FILE).exists():
+        import shutil
+
+        shutil.rmtree(target)
+    bar = tqdm(unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def show(state: dict) -> None:
+        if state["steps"] and bar.total is None:
+            bar.total = state["steps"]
+        bar.n = state["step"]
+        bar.set_postfix(loss=f"{state['loss']:.4f}", vox_s=f"{state['voxels_per_s']:.3g}",
+                        elapsed=f"{state['elapsed']:.0f}s", refresh=False)
+        bar.refresh()
+
+    model = run_training(volume, target, config, resume=resume, progress=show)
+    bar.close()
+    last = model.history[-1] if model.history else {}
+    click.echo(f"saved {target} (best validation loss {model.training['best_val_loss']:.5f} "
+               f"after {last.get('step', 0)} steps; loss curve in {target / 'loss.png'})")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--array", default=None, help="Array (or image group) inside INPUT.")
+@click.option("--block", type=TRIPLE, default=None, help="Output block (default 64,128,128, within the volume).")
+@click.option("--halo", type=TRIPLE, default=None, help="Halo around each block (default from the network).")
+@click.option("--blend", type=click.Choice(["gaussian", "linear", "crop"]), default="gaussian", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
+@click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def apply(model_path, input, output, array, block, halo, blend, workers, device, dtype, ome_version, overwrite) -> None:
+    """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster."""
+    from .apply import ApplyConfig, apply_model, check_output_path
+    from .cluster import local_client
+    from .model import load_model
+    from .volume import open_volume
+
+    config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
+                         overwrite=overwrite, ome_version=ome_version)
+    model = load_model(model_path)
+    volume = open_volume(input, array)
+    check_output_path(input, output, overwrite)
+    start = time.perf_counter()
+    with local_client(workers) as client, tqdm(unit="block", dynamic_ncols=True, file=sys.stderr) as bar:
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        apply_model(model, volume, output, config, client=client, progress=show)
+    seconds = time.perf_counter() - start
+    voxels = volume.data.size
+    click.echo(f"wrote {output}: {voxels / seconds:.3g} voxels/s ({seconds:.1f} s)")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(), default="volden-demo")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--kind", type=click.Choice(["nuclei", "neurites", "mixed"]), default="nuclei", show_default=True)
+@click.option("--shape", type=TRIPLE, default="64,256,256", show_default=True)
+@click.option("--photons", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+def demo(folder, minutes, kind, shape, photons) -> None:
+    """synth -> train -> apply on a local cluster -> PSNR before and after, and a PNG."""
+    from .demo import run_demo
+
+    run_demo(Path(folder), minutes=minutes, kind=kind, shape=shape, photons=photons, echo=click.echo)
+
+
+def main() -> None:
+    """Entry point: user-facing errors become one line on stderr and exit status 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except VoldenError as err:
+        click.echo(f"volden: error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("volden: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)

@@ -1,0 +1,142 @@
+"""Lazy blocked inference: ``denoise(array, model)`` returns a dask array.
+
+The graph has four layers over the blocks of a :class:`~volden.tiling.Tiling`:
+input pieces (the parts of the input blocks each tile needs), tiles (gathered, padded by
+reflection at the volume's edge, predicted and weighted by the blending window), tile pieces
+(the parts of each weighted tile that fall into each neighbouring block) and output blocks
+(summed, divided by the summed weights, returned in the input's units). The model is one key of
+the graph, so a distributed worker receives it once and keeps it on its device.
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from .errors import VoldenError
+from .model import Model, load_model
+from .predict import default_halo, predict_normalised, resolve_device
+from .tiling import Blend, Tiling, intersect, tile_window, weight_sum
+
+CPU_BLOCK = (64, 128, 128)
+
+
+def default_block(
+    shape: tuple[int, ...], halo: tuple[int, ...], divisor: tuple[int, ...]
+) -> tuple[int, int, int]:
+    """Large blocks (the halo costs ((B + 2h) / B)^3), no larger than the volume (rounded up
+    to the pooling divisor) and no smaller than the halo."""
+    sizes = [max(min(b, -(-s // d) * d), h) for b, s, h, d in zip(CPU_BLOCK, shape, halo, divisor)]
+    return (sizes[0], sizes[1], sizes[2])
+
+
+def _predict_tile(
+    model: Model,
+    device: str,
+    max_voxels: int | None,
+    pieces: list[np.ndarray],
+    placements: list[tuple[slice, ...]],
+    inside: list[tuple[int, int]],
+    pad: list[tuple[int, int]],
+    block: tuple[int, ...],
+    halo: tuple[int, ...],
+    blend: Blend,
+) -> np.ndarray:
+    """Gather a tile from its pieces, reflect at the volume's edge, predict and weight it."""
+    region = np.empty([b - a for a, b in inside], dtype=np.float32)
+    for piece, where in zip(pieces, placements):
+        region[where] = piece
+    tile = np.pad(region, pad, mode="reflect") if any(p for pair in pad for p in pair) else region
+    x = model.normalisation.apply(tile)
+    prediction = predict_normalised(model, x, resolve_device(device), max_voxels)
+    return prediction * tile_window(block, halo, blend)
+
+
+def _blend_block(
+    model: Model,
+    pieces: list[np.ndarray],
+    placements: list[tuple[slice, ...]],
+    tiling: Tiling,
+    index: tuple[int, int, int],
+    blend: Blend,
+) -> np.ndarray:
+    """Overlap-add of the weighted tile pieces, normalised, back in input units."""
+    weights = weight_sum(tiling, index, blend)
+    total = np.zeros(weights.shape, dtype=np.float32)
+    for piece, where in zip(pieces, placements):
+        total[where] += piece
+    return model.normalisation.invert(total / weights)
+
+
+def denoise(
+    data: da.Array,
+    model: Model | str | Path,
+    block: tuple[int, int, int] | None = None,
+    halo: tuple[int, int, int] | None = None,
+    blend: Blend = "gaussian",
+    device: str = "auto",
+    max_voxels: int | None = None,
+) -> da.Array:
+    """Denoise a 3D dask array lazily; the result (float32, input units) is chunked by ``block``.
+
+    ``device`` is resolved where each task runs, so 'auto' uses a worker's GPU when it has one.
+    """
+    if data.ndim != 3:
+        raise ValueError(f"denoise takes a 3D (z, y, x) array, got shape {data.shape}")
+    if not isinstance(model, Model):
+        model = load_model(model)
+    halo = halo or default_halo(model)
+    block = block or default_block(data.shape, halo, model.config.divisor)
+    divisor = model.config.divisor
+    if any(b % d or h % d for b, h, d in zip(block, halo, divisor)):
+        raise VoldenError(
+            f"block {tuple(block)} and halo {tuple(halo)} must be multiples of the network's pooling "
+            f"{divisor} along each axis, or tiles would pool on different grids"
+        )
+    if any(h > b for h, b in zip(halo, block)):
+        raise VoldenError(f"halo {tuple(halo)} must not exceed the block {tuple(block)}")
+    tiling = Tiling(tuple(data.shape), block, halo)  # type: ignore[arg-type]
+    source = data.rechunk(tiling.chunks)
+    token = tokenize(source.name, model.digest, tiling, blend, device, max_voxels)
+    model_key = f"volden-model-{model.digest[:16]}"
+    in_name, tile_name = f"volden-input-piece-{token}", f"volden-tile-{token}"
+    out_piece_name, out_name = f"volden-tile-piece-{token}", f"volden-denoise-{token}"
+    graph: dict = {model_key: model}
+    for index in tiling.blocks():
+        tile = tiling.tile_range(index)
+        inside = [(max(a, 0), min(b, n)) for (a, b), n in zip(tile, tiling.shape)]
+        pad = [(lo - a, b - hi) for (a, b), (lo, hi) in zip(tile, inside)]
+        keys, placements = [], []
+        for n in tiling.neighbours(index):
+            overlap = intersect(tiling.block_range(n), inside)
+            if overlap is None:
+                continue
+            key = (in_name, *index, *n)
+            graph[key] = (operator.getitem, (source.name, *n), overlap[0])
+            keys.append(key)
+            placements.append(overlap[1])
+        block_shape = tuple(b - a for a, b in tiling.block_range(index))
+        graph[(tile_name, *index)] = (
+            _predict_tile, model_key, device, max_voxels, keys, placements, inside, pad,
+            block_shape, tiling.halo, blend,
+        )
+    for index in tiling.blocks():
+        keys, placements = [], []
+        for n in tiling.neighbours(index):
+            overlap = intersect(tiling.tile_range(n), tiling.block_range(index))
+            if overlap is None:
+                continue
+            key = (out_piece_name, *index, *n)
+            graph[key] = (operator.getitem, (tile_name, *n), overlap[0])
+            keys.append(key)
+            placements.append(overlap[1])
+        graph[(out_name, *index)] = (
+            _blend_block, model_key, keys, placements, tiling, index, blend,
+        )
+    hlg = HighLevelGraph.from_collections(out_name, graph, dependencies=[source])
+    return da.Array(hlg, out_name, chunks=tiling.chunks, dtype=np.float32)

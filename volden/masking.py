@@ -1,0 +1,107 @@
+"""3D J-partition masking for Noise2Self.
+
+A J-partition splits the voxels into ``gz * gy * gx`` phases by their coordinates modulo a
+grid. In training one phase is masked per sample: its voxels are replaced by a value that does
+not depend on them (the mean of their non-masked neighbours, the 'donut', or random values drawn
+from non-masked voxels), and the loss is taken on those voxels only. Because the fill is a
+normalised convolution over non-masked voxels, no fill value ever reads a masked voxel, whatever
+the grid spacing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+FillMode = Literal["donut", "random"]
+FILL_MODES: tuple[str, ...] = ("donut", "random")
+
+
+def phase_mask(
+    shape: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    phase: tuple[int, int, int],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Boolean mask of the voxels of one phase of the J-partition (True = masked)."""
+    axes = [
+        (torch.arange(n, device=device) % g) == p for n, g, p in zip(shape, grid, phase)
+    ]
+    return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+
+
+def random_phase_masks(
+    batch: int,
+    shape: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One randomly chosen phase per sample, as a (batch, 1, z, y, x) boolean tensor."""
+    phases = [
+        torch.randint(0, g, (batch,), generator=generator).tolist() for g in grid
+    ]
+    masks = [
+        phase_mask(shape, grid, (phases[0][b], phases[1][b], phases[2][b]), device)
+        for b in range(batch)
+    ]
+    return torch.stack(masks)[:, None]
+
+
+def _donut_kernel(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    kernel = torch.ones((1, 1, 3, 3, 3), dtype=dtype, device=device)
+    kernel[0, 0, 1, 1, 1] = 0
+    return kernel
+
+
+def donut_fill(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the non-masked voxels among the 26 neighbours of each voxel.
+
+    Voxels without any non-masked neighbour get the mean of the sample's non-masked voxels.
+    """
+    keep = (~mask).to(x.dtype)
+    kernel = _donut_kernel(x.dtype, x.device)
+    total = F.conv3d(x * keep, kernel, padding=1)
+    count = F.conv3d(keep, kernel, padding=1)
+    sample_mean = (x * keep).sum(dim=(2, 3, 4), keepdim=True) / keep.sum(
+        dim=(2, 3, 4), keepdim=True
+    ).clamp_min(1)
+    return torch.where(count > 0, total / count.clamp_min(1), sample_mean)
+
+
+def random_fill(
+    x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Values of randomly drawn non-masked voxels of the same sample."""
+    flat = x.flatten(1)
+    keep = ~mask.flatten(1)
+    out = torch.empty_like(flat)
+    for b in range(flat.shape[0]):
+        pool = flat[b][keep[b]]
+        picks = torch.randint(0, pool.numel(), (flat.shape[1],), generator=generator)
+        out[b] = pool[picks.to(pool.device)]
+    return out.view_as(x)
+
+
+def apply_mask(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    fill: FillMode = "donut",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The network input of Noise2Self: ``x`` with the masked voxels replaced by the fill."""
+    if fill == "donut":
+        values = donut_fill(x, mask)
+    elif fill == "random":
+        values = random_fill(x, mask, generator)
+    else:
+        raise ValueError(f"unknown fill mode {fill!r}; expected one of {FILL_MODES}")
+    return torch.where(mask, values, x)
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked voxels only (the self-supervised loss)."""
+    weight = mask.to(prediction.dtype)
+    return ((prediction - target) ** 2 * weight).sum() / weight.sum().clamp_min(1)

@@ -1,0 +1,125 @@
+"""A trained denoiser on disk: weights in safetensors plus JSON, loadable without running code.
+
+A model is a folder: ``model.json`` (architecture, normalisation, masking, training summary,
+history, volden version) and ``weights.safetensors``; ``loss.png`` sits beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._version import __version__
+from .errors import VoldenError
+from .normalisation import Normalisation
+from .unet import UNet3D, UNetConfig
+
+FORMAT = "volden-model"
+CONFIG_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class Model:
+    """A network with everything needed to apply it exactly as it was trained."""
+
+    network: UNet3D
+    normalisation: Normalisation
+    masking: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    path: str | None = None
+    _on_device: dict[str, UNet3D] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.network.config
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the weights, to name the model in provenance."""
+        sha = hashlib.sha256()
+        for name, tensor in sorted(self.network.state_dict().items()):
+            sha.update(name.encode())
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()
+
+    def network_on(self, device: torch.device) -> UNet3D:
+        """The network in eval mode on ``device``, moved there once per process."""
+        key = str(device)
+        with self._lock:
+            if key not in self._on_device:
+                network = UNet3D(self.config)
+                network.load_state_dict(self.network.state_dict())
+                memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
+                self._on_device[key] = network.to(device, memory_format=memory_format).eval()
+            return self._on_device[key]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_on_device"] = {}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "volden_version": __version__,
+            "architecture": {"name": "UNet3D", **self.config.to_dict()},
+            "normalisation": self.normalisation.to_dict(),
+            "masking": self.masking,
+            "training": self.training,
+            "history": self.history,
+        }
+
+
+def save_model(model: Model, path: str | Path) -> Path:
+    """Write the model folder; the JSON is written last, so a half-written folder never loads."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    tmp = folder / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(model.describe(), indent=1))
+    tmp.replace(folder / CONFIG_FILE)
+    model.path = str(folder)
+    return folder
+
+
+def load_model(path: str | Path) -> Model:
+    """Load a model folder written by :func:`save_model` (no code is executed)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise VoldenError(f"{folder}: no such model")
+    config_file = folder / CONFIG_FILE
+    try:
+        meta = json.loads(config_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError("wrong format tag")
+        config = UNetConfig.from_dict(meta["architecture"])
+        network = UNet3D(config)
+        network.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        normalisation = Normalisation.from_dict(meta["normalisation"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise VoldenError(f"{folder} is not a volden model ({reason})") from None
+    return Model(
+        network=network.eval(),
+        normalisation=normalisation,
+        masking=meta.get("masking", {}),
+        training=meta.get("training", {}),
+        history=meta.get("history", []),
+        path=str(folder),
+    )

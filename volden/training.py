@@ -1,0 +1,263 @@
+"""Noise2Self training: masked patches in, loss on the masked voxels, best model kept.
+
+The budget is steps, minutes, or both (whichever ends first); the learning rate follows a
+cosine over that budget. Every ``validate_every`` steps the self-supervised loss on the
+held-out patches (fixed phases) is measured, the best weights are kept, and a checkpoint
+(weights, optimiser, step, history) is written so ``resume`` can continue after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import VoldenError
+from .masking import FILL_MODES, apply_mask, masked_mse, phase_mask, random_phase_masks
+from .model import Model, save_model
+from .normalisation import estimate_normalisation
+from .predict import autocast, resolve_device
+from .sampler import PatchSampler
+from .unet import UNet3D, UNetConfig, plan_pools
+from .volume import Volume
+
+CHECKPOINT_DIR = "checkpoint"
+MIN_PATCH = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``volden train`` takes; None means the device's default (see :meth:`resolve`)."""
+
+    patch: tuple[int, int, int] | None = None
+    batch: int | None = None
+    grid: tuple[int, int, int] = (3, 3, 3)
+    fill: str = "donut"
+    steps: int | None = None
+    minutes: float | None = None
+    learning_rate: float = 2e-3
+    depth: int | None = None
+    width: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    validate_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.fill not in FILL_MODES:
+            raise VoldenError(f"fill must be one of {', '.join(FILL_MODES)}, not {self.fill!r}")
+        if any(g < 1 for g in self.grid) or np.prod(self.grid) < 2:
+            raise VoldenError(f"--grid {self.grid}: each entry >= 1 and at least two phases")
+        if self.steps is not None and self.steps < 1:
+            raise VoldenError("--steps must be at least 1")
+        if self.minutes is not None and self.minutes <= 0:
+            raise VoldenError("--minutes must be positive")
+        if self.batch is not None and self.batch < 1:
+            raise VoldenError("--batch must be at least 1")
+
+    def resolve(self, shape: tuple[int, int, int], device: torch.device) -> "TrainConfig":
+        """Fill in the device defaults and check the patch against the volume."""
+        gpu = device.type == "cuda"
+        default_patch = (32, 96, 96) if gpu else (16, 64, 64)
+        patch = self.patch
+        if patch is None:
+            patch = tuple(min(p, s - s % 4 if s >= MIN_PATCH else s) for p, s in zip(default_patch, shape))
+        too_big = [a for a, (p, s) in zip("zyx", zip(patch, shape)) if p > s]
+        if too_big or min(shape) < MIN_PATCH:
+            raise VoldenError(
+                f"the volume {tuple(shape)} is smaller than the training patch {tuple(patch)} "
+                f"along {', '.join(too_big) or 'one axis'}; pass a smaller --patch (at least {MIN_PATCH} per axis)"
+            )
+        steps, minutes = self.steps, self.minutes
+        if steps is None and minutes is None:
+            minutes = 10.0
+        return replace(
+            self,
+            patch=patch,  # type: ignore[arg-type]
+            batch=self.batch or (8 if gpu else 4),
+            depth=self.depth if self.depth is not None else (3 if gpu else 2),
+            width=self.width or (32 if gpu else 8),
+            steps=steps,
+            minutes=minutes,
+        )
+
+
+def _lr_factor(progress: float) -> float:
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    return tensors
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _save_checkpoint(folder: Path, network, optimizer, progress: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    tensors.update({k: v.cpu() for k, v in _optimizer_tensors(optimizer).items()})
+    save_file(tensors, str(folder / "state.safetensors.tmp"))
+    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optimizer.state_dict()["param_groups"]]
+    (folder / "state.json.tmp").write_text(json.dumps({**progress, "param_groups": groups}))
+    (folder / "state.json.tmp").replace(folder / "state.json")
+
+
+def _load_checkpoint(folder: Path, network, optimizer) -> dict:
+    try:
+        progress = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+    except (OSError, ValueError) as err:
+        raise VoldenError(f"cannot resume: no readable checkpoint in {folder} ({type(err).__name__})") from None
+    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, progress["param_groups"])
+    return progress
+
+
+def validation_loss(network, patches: torch.Tensor, masks: torch.Tensor, fill: str, device) -> float:
+    """Self-supervised loss on fixed patches and phases (deterministic, comparable across runs)."""
+    network.eval()
+    with torch.inference_mode(), autocast(device):
+        x = patches.to(device)
+        m = masks.to(device)
+        out = network(apply_mask(x, m, fill, torch.Generator().manual_seed(0)))
+        loss = masked_mse(out.float(), x, m).item()
+    network.train()
+    return loss
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training and validation loss against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], label="training (masked MSE)")
+    ax.plot(steps, [h["val_loss"] for h in history], label="validation (held out)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("self-supervised loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    volume: Volume,
+    output: str | Path,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    progress: Callable[[dict], None] | None = None,
+) -> Model:
+    """Train a Noise2Self model on ``volume`` and save it (best validation loss) to ``output``.
+
+    ``progress`` is called after every step with a dict of step, loss, voxels/s and elapsed s.
+    """
+    output = Path(output)
+    device = resolve_device(config.device)
+    config = config.resolve(volume.shape, device)
+    torch.manual_seed(config.seed)
+    normalisation = estimate_normalisation(volume.data, seed=config.seed)
+    unet = UNetConfig(
+        depth=config.depth, width=config.width, pools=plan_pools(config.patch, config.depth, volume.voxel_size)
+    )
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
+    network = UNet3D(unet).to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
+    if resume:
+        state = _load_checkpoint(output / CHECKPOINT_DIR, network, optimizer)
+    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+    sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed + state["step"])
+    val_patches = sampler.validation_patches()
+    val_masks = torch.stack(
+        [phase_mask(config.patch, config.grid, tuple(int(v) for v in np.unravel_index(i % np.prod(config.grid), config.grid))) for i in range(len(val_patches))]
+    )[:, None]
+    generator = torch.Generator().manual_seed(config.seed + state["step"])
+    voxels_per_step = config.batch * int(np.prod(config.patch))
+    budget_s = config.minutes * 60 if config.minutes else math.inf
+    start = time.perf_counter() - state["elapsed"]
+    losses: list[float] = []
+    model = Model(network, normalisation, {"grid": list(config.grid), "fill": config.fill})
+
+    def finished(step: int, elapsed: float) -> bool:
+        return (config.steps is not None and step >= config.steps) or elapsed >= budget_s
+
+    first_step, first_elapsed = state["step"], state["elapsed"]
+    try:
+        step = state["step"]
+        while not finished(step, time.perf_counter() - start):
+            elapsed = time.perf_counter() - start
+            fraction = max(step / config.steps if config.steps else 0.0, elapsed / budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * _lr_factor(fraction)
+            x = sampler.next().to(device)
+            mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator).to(device)
+            inputs = apply_mask(x, mask, config.fill, generator)
+            if device.type == "cpu":
+                inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+            with autocast(device):
+                out = network(inputs)
+            loss = masked_mse(out.float(), x, mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(loss.item())
+            elapsed = time.perf_counter() - start
+            if step % config.validate_every == 0 or finished(step, elapsed):
+                val = validation_loss(network, val_patches, val_masks, config.fill, device)
+                state["history"].append(
+                    {"step": step, "elapsed": round(elapsed, 2), "loss": float(np.mean(losses)), "val_loss": val,
+                     "lr": optimizer.param_groups[0]["lr"]}
+                )
+                losses = []
+                if val < state["best_val"]:
+                    state["best_val"] = val
+                    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                state.update(step=step, elapsed=elapsed)
+                _save_checkpoint(output / CHECKPOINT_DIR, network, optimizer, state)
+            if progress:
+                rate = voxels_per_step * (step - first_step) / max(elapsed - first_elapsed, 1e-9)
+                progress({"step": step, "loss": loss.item(), "voxels_per_s": rate, "elapsed": elapsed,
+                          "budget_s": budget_s, "steps": config.steps})
+    finally:
+        sampler.close()
+
+    network.load_state_dict(best)
+    model.network = network.to("cpu", memory_format=torch.contiguous_format).eval()
+    model.history = state["history"]
+    model.training = {
+        **{k: v for k, v in asdict(config).items()},
+        "input": volume.path,
+        "array": volume.array_path,
+        "voxel_size": volume.voxel_size,
+        "steps_done": step,
+        "seconds": round(time.perf_counter() - start, 1),
+        "best_val_loss": state["best_val"],
+        "validation_held_out": sampler.split.held_out,
+    }
+    save_model(model, output)
+    plot_history(state["history"], output / "loss.png")
+    return model
