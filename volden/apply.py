@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import dask
-import dask.array as da
 import numpy as np
 import zarr
 from distributed import Client, as_completed
@@ -21,9 +20,9 @@ from distributed import Client, as_completed
 from . import ome
 from ._version import __version__
 from .errors import VoldenError
-from .inference import denoise
+from .inference import denoise, plan_blocks
 from .model import Model
-from .predict import default_halo
+from .paths import check_output_path
 from .tiling import BLENDS, Blend
 from .volume import Volume
 
@@ -55,27 +54,13 @@ class ApplyConfig:
             raise VoldenError(f"--halo {self.halo}: sizes cannot be negative")
 
 
-def check_output_path(input_path: str | Path, output_path: str | Path, overwrite: bool) -> None:
-    """Refuse an output that would overwrite, sit inside, or contain the input."""
-    source, target = Path(input_path).resolve(), Path(output_path).resolve()
-    if target == source or source in target.parents:
-        raise VoldenError(f"{output_path} lies inside the input {input_path}; write the output elsewhere")
-    if target in source.parents:
-        raise VoldenError(f"{output_path} contains the input {input_path}; write the output elsewhere")
-    if target.exists() and not overwrite:
-        raise VoldenError(f"{output_path} exists; pass --overwrite to replace it")
-
-
-def _as_output(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _write(block: np.ndarray, target: zarr.Array, dtype: np.dtype, block_info=None) -> np.ndarray:
+    """Write one output block to its region (chunk-aligned, so writes never collide)."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(block), info.min, info.max).astype(dtype)
-    return block.astype(dtype)
-
-
-def _write(block: np.ndarray, target: zarr.Array, region: tuple[slice, ...]) -> int:
-    target[region] = block
-    return block.size
+        block = np.clip(np.rint(block), info.min, info.max)
+    target[tuple(slice(a, b) for a, b in block_info[0]["array-location"])] = block.astype(dtype)
+    return np.array([[[block.size]]])
 
 
 def apply_model(
@@ -89,8 +74,8 @@ def apply_model(
     """Denoise ``volume`` into the OME-Zarr ``output``; ``progress(done, total)`` per block."""
     output = Path(output)
     check_output_path(volume.path, output, config.overwrite)
-    halo = config.halo or default_halo(model)
-    result = denoise(volume.data, model, config.block, halo, config.blend, config.device)
+    block, halo = plan_blocks(model, volume.shape, config.block, config.halo)
+    result = denoise(volume.data, model, block, halo, config.blend, config.device)
     dtype = volume.data.dtype if config.dtype == "input" else np.dtype(np.float32)
     if config.overwrite and output.exists():
         shutil.rmtree(output)
@@ -106,13 +91,8 @@ def apply_model(
     }
     try:
         target = ome.create_image(output, volume.shape, result.chunksize, dtype, attrs, config.ome_version)
-        starts = [np.cumsum((0,) + c[:-1]) for c in result.chunks]
-        writes = []
-        for index in np.ndindex(*result.numblocks):
-            region = tuple(slice(int(s[i]), int(s[i]) + c[i]) for s, c, i in zip(starts, result.chunks, index))
-            block = result.blocks[index]
-            writes.append(dask.delayed(_write)(block.map_blocks(_as_output, dtype, dtype=dtype), target, region))
-        _run(writes, client, progress)
+        written = result.map_blocks(_write, target, dtype, chunks=(1, 1, 1), dtype=np.int64)
+        _run(list(written.to_delayed().ravel()), client, progress)
         ome.finalize_image(output, volume.voxel_size, volume.unit, Path(volume.path).name + " (denoised)", config.ome_version)
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
@@ -123,10 +103,9 @@ def apply_model(
 def _run(writes: list, client: Client | None, progress: Callable[[int, int], None] | None) -> None:
     total = len(writes)
     if client is None:
-        for done, write in enumerate(writes, 1):
-            write.compute(scheduler="threads")
-            if progress:
-                progress(done, total)
+        dask.compute(*writes, scheduler="threads")
+        if progress:
+            progress(total, total)
         return
     futures = client.compute(writes)
     for done, future in enumerate(as_completed(futures), 1):

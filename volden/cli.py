@@ -5,6 +5,7 @@ Bad input ends in one line on stderr (``volden: error: ...``) and exit status 1.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, depth, width, device, seed, resume, overwrite) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed)."""
     from .model import CONFIG_FILE
+    from .paths import check_output_path
     from .training import CHECKPOINT_DIR, TrainConfig
     from .training import train as run_training
     from .volume import open_volume
@@ -90,26 +92,31 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
                          depth=depth, width=width, device=device, seed=seed)
     volume = open_volume(input, array)
     target = Path(model_path)
+    check_output_path(input, target, overwrite=True)
     if resume and not (target / CHECKPOINT_DIR).exists():
         raise VoldenError(f"{model_path} has no checkpoint to resume from")
-    if not resume and target.exists() and any(target.iterdir()) and not overwrite:
-        raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
-    if not resume and overwrite and (target / CONFIG_FILE).exists():
-        import shutil
-
+    if not resume and target.exists():
+        if not overwrite:
+            raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
+        if not ((target / CONFIG_FILE).exists() or (target / CHECKPOINT_DIR).exists()):
+            raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
         shutil.rmtree(target)
-    bar = tqdm(unit="step", dynamic_ncols=True, file=sys.stderr)
+    bars: list[tqdm] = []
 
     def show(state: dict) -> None:
-        if state["steps"] and bar.total is None:
-            bar.total = state["steps"]
+        if not bars:
+            bars.append(tqdm(total=state["steps"], unit="step", dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
         bar.n = state["step"]
         bar.set_postfix(loss=f"{state['loss']:.4f}", vox_s=f"{state['voxels_per_s']:.3g}",
                         elapsed=f"{state['elapsed']:.0f}s", refresh=False)
         bar.refresh()
 
-    model = run_training(volume, target, config, resume=resume, progress=show)
-    bar.close()
+    try:
+        model = run_training(volume, target, config, resume=resume, progress=show)
+    finally:
+        for bar in bars:
+            bar.close()
     last = model.history[-1] if model.history else {}
     click.echo(f"saved {target} (best validation loss {model.training['best_val_loss']:.5f} "
                f"after {last.get('step', 0)} steps; loss curve in {target / 'loss.png'})")
@@ -130,9 +137,11 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def apply(model_path, input, output, array, block, halo, blend, workers, device, dtype, ome_version, overwrite) -> None:
     """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster."""
-    from .apply import ApplyConfig, apply_model, check_output_path
+    from .apply import ApplyConfig, apply_model
     from .cluster import local_client
+    from .inference import plan_blocks
     from .model import load_model
+    from .paths import check_output_path
     from .volume import open_volume
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
@@ -140,6 +149,7 @@ def apply(model_path, input, output, array, block, halo, blend, workers, device,
     model = load_model(model_path)
     volume = open_volume(input, array)
     check_output_path(input, output, overwrite)
+    plan_blocks(model, volume.shape, block, halo)
     start = time.perf_counter()
     with local_client(workers) as client, tqdm(unit="block", dynamic_ncols=True, file=sys.stderr) as bar:
         def show(done: int, total: int) -> None:

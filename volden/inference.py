@@ -35,6 +35,26 @@ def default_block(
     return (sizes[0], sizes[1], sizes[2])
 
 
+def plan_blocks(
+    model: Model,
+    shape: tuple[int, ...],
+    block: tuple[int, int, int] | None = None,
+    halo: tuple[int, int, int] | None = None,
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The block and halo to use (defaults filled in), or a VoldenError saying why not."""
+    halo = halo or default_halo(model)
+    divisor = model.config.divisor
+    block = block or default_block(shape, halo, divisor)
+    if any(b % d or h % d for b, h, d in zip(block, halo, divisor)):
+        raise VoldenError(
+            f"block {tuple(block)} and halo {tuple(halo)} must be multiples of the network's pooling "
+            f"{divisor} along each axis, or tiles would pool on different grids"
+        )
+    if any(h > b for h, b in zip(halo, block)):
+        raise VoldenError(f"halo {tuple(halo)} must not exceed the block {tuple(block)}")
+    return block, halo
+
+
 def _predict_tile(
     model: Model,
     device: str,
@@ -90,16 +110,7 @@ def denoise(
         raise ValueError(f"denoise takes a 3D (z, y, x) array, got shape {data.shape}")
     if not isinstance(model, Model):
         model = load_model(model)
-    halo = halo or default_halo(model)
-    block = block or default_block(data.shape, halo, model.config.divisor)
-    divisor = model.config.divisor
-    if any(b % d or h % d for b, h, d in zip(block, halo, divisor)):
-        raise VoldenError(
-            f"block {tuple(block)} and halo {tuple(halo)} must be multiples of the network's pooling "
-            f"{divisor} along each axis, or tiles would pool on different grids"
-        )
-    if any(h > b for h, b in zip(halo, block)):
-        raise VoldenError(f"halo {tuple(halo)} must not exceed the block {tuple(block)}")
+    block, halo = plan_blocks(model, tuple(data.shape), block, halo)
     tiling = Tiling(tuple(data.shape), block, halo)  # type: ignore[arg-type]
     source = data.rechunk(tiling.chunks)
     token = tokenize(source.name, model.digest, tiling, blend, device, max_voxels)

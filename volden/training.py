@@ -23,6 +23,7 @@ from .errors import VoldenError
 from .masking import FILL_MODES, apply_mask, masked_mse, phase_mask, random_phase_masks
 from .model import Model, save_model
 from .normalisation import estimate_normalisation
+from .paths import check_output_path
 from .predict import autocast, resolve_device
 from .sampler import PatchSampler
 from .unet import UNet3D, UNetConfig, plan_pools
@@ -174,6 +175,7 @@ def train(
     ``progress`` is called after every step with a dict of step, loss, voxels/s and elapsed s.
     """
     output = Path(output)
+    check_output_path(volume.path, output, overwrite=True)
     device = resolve_device(config.device)
     config = config.resolve(volume.shape, device)
     torch.manual_seed(config.seed)

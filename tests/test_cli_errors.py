@@ -1,0 +1,254 @@
+"""Bad input through the real ``volden`` command: one line, non-zero exit, nothing written.
+
+Every case runs ``volden`` in a fresh subprocess, in a folder of its own holding its own copies
+of the inputs, so a case that wrote into its input cannot hide behind another. The subprocesses
+start together (a few at a time) because importing torch dominates their cost; each test then
+checks one finished case:
+
+* the exit status is not 0 and stderr holds no traceback;
+* stderr is exactly one line, ``volden: error: ...``, naming the problem (click usage errors,
+  such as a malformed ``--shape``, keep click's own message);
+* the output (store or model folder) does not exist afterwards, or, when it existed before, is
+  byte-identical; every input (volume stores, model folders) is byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import volden
+from volden.synth import write_synthetic
+from volden.training import train
+
+PARALLEL = 3
+TIMEOUT_S = 240
+
+
+def volden_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from volden.cli import main; main()", *args]
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file and folder under ``path`` (or ``path`` itself) with the SHA-256 of its bytes."""
+    if not path.exists():
+        return {}
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    digest = {}
+    for root, dirs, files in os.walk(path):
+        rel = Path(root).relative_to(path)
+        digest[f"{rel}/"] = "dir"
+        for name in files:
+            digest[str(rel / name)] = hashlib.sha256((Path(root) / name).read_bytes()).hexdigest()
+    return digest
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs. Each maker writes one input into a case's folder under the given name.
+
+
+def make_volume(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["volume"], folder / name)
+
+
+def make_small(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["small"], folder / name)
+
+
+def make_model(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["model"], folder / name)
+
+
+def make_not_zarr(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).mkdir()
+    (folder / name / "notes.txt").write_text("just a folder\n")
+
+
+def make_4d(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    array = zarr.create_array(str(folder / name), shape=(2, 8, 32, 32), chunks=(1, 8, 32, 32), dtype="uint16")
+    array[:] = np.arange(2 * 8 * 32 * 32, dtype=np.uint16).reshape(2, 8, 32, 32)
+
+
+def make_multi(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    group = zarr.open_group(str(folder / name), mode="w")
+    for array_name in ("raw", "labels"):
+        array = group.create_array(array_name, shape=(16, 64, 64), chunks=(8, 32, 32), dtype="uint16")
+        array[:] = 100
+
+
+def make_nan(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    rng = np.random.default_rng(0)
+    data = (100 + 10 * rng.standard_normal((16, 64, 64))).astype(np.float32)
+    data[3, 10:20, 10:20] = np.nan
+    data[12, 40, 50] = np.nan
+    array = zarr.create_array(str(folder / name), shape=data.shape, chunks=(8, 32, 32), dtype="float32")
+    array[:] = data
+
+
+def make_empty_dir(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).mkdir(parents=True)
+
+
+def make_garbage_model(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).mkdir()
+    (folder / name / "model.json").write_text("{this is not json")
+
+
+def make_existing_store(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).mkdir()
+    (folder / name / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (folder / name / "precious.txt").write_text("results of last week\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Cases.
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    phrases: tuple[str, ...]  # each must appear in the message (case-insensitive)
+    inputs: dict[str, object] = field(default_factory=dict)  # name in the case folder -> maker
+    absent: tuple[str, ...] = ()  # paths that must not exist afterwards
+    usage_error: bool = False  # a click usage error: click's own (multi-line) message
+
+
+def train_case(id, input_name, maker, phrases, extra=()) -> Case:
+    inputs = {input_name: maker} if maker else {}
+    return Case(id, ("train", input_name, "-o", "model_out", "--steps", "2", *extra), phrases, inputs, ("model_out",))
+
+
+def apply_case(id, input_name, maker, phrases, extra=()) -> Case:
+    inputs = {"model": make_model, **({input_name: maker} if maker else {})}
+    return Case(id, ("apply", "model", input_name, "out.zarr", *extra), phrases, inputs, ("out.zarr",))
+
+
+CASES = [
+    # the input volume
+    train_case("train-missing-input", "nowhere.zarr", None, ("no such file",)),
+    apply_case("apply-missing-input", "nowhere.zarr", None, ("no such file",)),
+    train_case("train-not-zarr", "folder", make_not_zarr, ("not a zarr",)),
+    apply_case("apply-not-zarr", "folder", make_not_zarr, ("not a zarr",)),
+    train_case("train-4d", "four.zarr", make_4d, ("4D", "--array")),
+    apply_case("apply-4d", "four.zarr", make_4d, ("4D", "--array")),
+    train_case("train-group-without-array", "multi.zarr", make_multi, ("--array", "raw", "labels")),
+    apply_case("apply-group-without-array", "multi.zarr", make_multi, ("--array", "raw", "labels")),
+    # training on data it cannot use
+    train_case("train-smaller-than-patch", "small.zarr", make_small, ("smaller than the training patch",),
+               ("--patch", "16,64,64")),
+    train_case("train-nan", "nan.zarr", make_nan, ("NaN",), ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
+    Case("train-existing-model-folder", ("train", "vol.zarr", "-o", "model_out", "--steps", "2"),
+         ("exists", "--overwrite"), {"vol.zarr": make_volume, "model_out": make_model}),
+    Case("train-model-inside-input", ("train", "vol.zarr", "-o", "vol.zarr/model", "--steps", "2", "--patch",
+                                      "8,32,32", "--batch", "2", "--width", "4"),
+         ("inside the input",), {"vol.zarr": make_volume}, ("vol.zarr/model",)),
+    # the output of apply
+    Case("apply-existing-output", ("apply", "model", "vol.zarr", "out.zarr"), ("exists", "--overwrite"),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_existing_store}),
+    Case("apply-output-inside-input", ("apply", "model", "vol.zarr", "vol.zarr/denoised.zarr"),
+         ("inside the input",), {"model": make_model, "vol.zarr": make_volume}, ("vol.zarr/denoised.zarr",)),
+    Case("apply-output-is-input", ("apply", "model", "vol.zarr", "vol.zarr", "--overwrite"),
+         ("inside the input",), {"model": make_model, "vol.zarr": make_volume}),
+    Case("apply-output-contains-input", ("apply", "model", "data/vol.zarr", "data", "--overwrite"),
+         ("contains the input",), {"model": make_model, "data/vol.zarr": make_volume}),
+    Case("apply-halo-exceeds-block", ("apply", "model", "vol.zarr", "out.zarr", "--block", "8,32,32",
+                                      "--halo", "16,16,16"),
+         ("halo", "block"), {"model": make_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    # the model of apply
+    Case("apply-model-missing", ("apply", "no-model", "vol.zarr", "out.zarr"), ("no such model",),
+         {"vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-model-empty-dir", ("apply", "empty", "vol.zarr", "out.zarr"), ("not a volden model",),
+         {"empty": make_empty_dir, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-model-garbage-json", ("apply", "garbage", "vol.zarr", "out.zarr"), ("not a volden model",),
+         {"garbage": make_garbage_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    # synth
+    Case("synth-existing-output", ("synth", "taken", "--shape", "8,32,32", "--chunks", "8,32,32"),
+         ("exists", "--overwrite"), {"taken": make_existing_store}),
+    Case("synth-malformed-shape", ("synth", "new.zarr", "--shape", "8,32"), ("three integers",), {},
+         ("new.zarr",), usage_error=True),
+]
+
+
+@dataclass
+class Outcome:
+    case: Case
+    folder: Path
+    returncode: int
+    stdout: str
+    stderr: str
+    before: dict[str, dict[str, str]]
+    after: dict[str, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    """A small synthetic volume, a smaller one, and a model trained (a few steps) on the first."""
+    base = tmp_path_factory.mktemp("sources")
+    write_synthetic(base / "vol.zarr", shape=(16, 64, 64), chunks=(8, 32, 32))
+    write_synthetic(base / "small.zarr", shape=(8, 32, 32), chunks=(8, 32, 32))
+    config = volden.TrainConfig(steps=3, width=4, patch=(8, 32, 32), batch=2, validate_every=2)
+    train(volden.open_volume(base / "vol.zarr"), base / "model", config)
+    assert (base / "model" / "model.json").exists()
+    return {"volume": base / "vol.zarr", "small": base / "small.zarr", "model": base / "model"}
+
+
+def _run(case: Case, folder: Path) -> Outcome:
+    watched = list(case.inputs)
+    before = {name: tree_digest(folder / name) for name in watched}
+    proc = subprocess.run(
+        volden_command(*case.args), cwd=folder, capture_output=True, text=True, timeout=TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    after = {name: tree_digest(folder / name) for name in watched}
+    return Outcome(case, folder, proc.returncode, proc.stdout, proc.stderr, before, after)
+
+
+@pytest.fixture(scope="module")
+def outcomes(sources, tmp_path_factory) -> dict[str, Outcome]:
+    """Every case, run in its own folder, a few subprocesses at a time."""
+    base = tmp_path_factory.mktemp("cases")
+    folders = {}
+    for case in CASES:
+        folder = base / case.id
+        folder.mkdir()
+        for name, maker in case.inputs.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            maker(folder, name, sources)
+        folders[case.id] = folder
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {case.id: pool.submit(_run, case, folders[case.id]) for case in CASES}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case: Case, outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes[case.id]
+    report = f"volden {' '.join(case.args)}\nexit {outcome.returncode}\nstderr:\n{outcome.stderr!r}"
+    for name in case.inputs:
+        assert outcome.after[name] == outcome.before[name], f"{name} was changed\n{report}"
+    for path in case.absent:
+        assert not (outcome.folder / path).exists(), f"{path} was written\n{report}"
+    assert outcome.returncode != 0, report
+    assert "Traceback" not in outcome.stderr, report
+    message = outcome.stderr.strip()
+    assert message, report
+    if case.usage_error:
+        assert "Usage:" in message and "Error:" in message, report
+    else:
+        # One line: a progress bar drawn before the error (its '\r' reads as a line end) is a second.
+        assert len(message.splitlines()) == 1, report
+        assert message.startswith("volden: error: "), report
+    for phrase in case.phrases:
+        assert phrase.lower() in message.lower(), f"{phrase!r} not in the message\n{report}"

@@ -1,0 +1,5 @@
+"""``python -m volden`` is the ``volden`` command."""
+
+from .cli import main
+
+main()
