@@ -29,8 +29,7 @@ def machine() -> str:
 
 def write_section(title: str, body: str) -> None:
     """Replace (or append) the section ``## title`` with ``body``, the command and the machine."""
-    command = "python " + " ".join(Path(sys.argv[0]).relative_to(Path.cwd()).as_posix().split() + sys.argv[1:]) \
-        if Path(sys.argv[0]).is_relative_to(Path.cwd()) else " ".join(sys.argv)
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     section = (
         f"## {title}\n\n{body.strip()}\n\n"
         f"Command: `{command}`  \nMachine: {machine()}; measured {date.today().isoformat()}.\n"

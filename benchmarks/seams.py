@@ -22,15 +22,22 @@ from volden.training import TrainConfig
 from report import write_section
 
 
-def face_ratio(volume: np.ndarray, block: tuple[int, int, int]) -> float:
-    """Mean |gradient| across block faces over the mean |gradient| inside blocks (all axes)."""
-    across, inside = [], []
+def face_ratios(volume: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
+    """Per axis (z, y, x): mean |gradient| across block faces over mean |gradient| inside blocks.
+
+    Axes are kept apart (z is coarser, its gradients larger). With few faces this is also a
+    statistic of the content, so it is compared with the same figure of the whole-volume pass.
+    """
+    ratios = []
     for axis, b in enumerate(block):
         g = np.abs(np.diff(volume, axis=axis))
         faces = np.arange(b - 1, volume.shape[axis] - 1, b)
-        across.append(np.take(g, faces, axis=axis).ravel())
-        inside.append(np.delete(g, faces, axis=axis).ravel())
-    return float(np.concatenate(across).mean() / np.concatenate(inside).mean())
+        ratios.append(np.take(g, faces, axis=axis).mean() / np.delete(g, faces, axis=axis).mean())
+    return np.array(ratios)
+
+
+def fmt(values: np.ndarray) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
 
 
 def main() -> None:
@@ -44,20 +51,27 @@ def main() -> None:
         model = volden.train(volume, Path(tmp) / "model", TrainConfig(steps=args.steps))
         raw = volume.data.compute()
         whole = predict_array(model, raw, "cpu")
-        rows = [f"| whole-volume pass | - | - | {face_ratio(whole, block):.4f} |"]
+        reference = face_ratios(whole, block)
+        rows = [f"| whole-volume pass | - | - | {fmt(reference)} | 1 | - |"]
         value_range = float(whole.max() - whole.min())
         for blend in ("gaussian", "linear", "crop"):
             blocked = volden.denoise(volume.data, model, block=block, blend=blend, device="cpu").compute()
             diff = float(np.abs(blocked - whole).max()) / value_range
-            rows.append(f"| {blend} | {block} | {default_halo(model)} | {face_ratio(blocked, block):.4f} | {diff:.2e} |")
+            ratios = face_ratios(blocked, block)
+            rows.append(
+                f"| {blend} | {block} | {default_halo(model)} | {fmt(ratios)} | "
+                f"{(ratios / reference).max():.4f} | {diff:.2e} |"
+            )
     table = "\n".join(
-        ["| blend | block | halo | gradient across faces / inside | max abs diff / range |", "|---|---|---|---|---|"]
-        + [rows[0] + " - |"] + rows[1:]
+        ["| blend | block | halo | gradient across faces / inside (z, y, x) | worst axis / whole pass's | max abs diff / range |",
+         "|---|---|---|---|---|---|"] + rows
     )
     write_section(
         "Seams: blocked apply vs one whole-volume pass",
         f"64x128x128 synthetic nuclei volume, model trained {args.steps} steps (CPU defaults). "
-        "Acceptance: max abs diff <= 1e-3 of the range, gradient ratio <= 1.02.\n\n" + table,
+        "Acceptance: max abs diff <= 1e-3 of the range, gradient ratio <= 1.02. One face per axis "
+        "here, so the raw ratio is mostly the content's (the whole-volume pass has it too); the "
+        "column 'worst axis / whole pass's' isolates what tiling adds.\n\n" + table,
     )
 
 

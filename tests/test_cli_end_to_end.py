@@ -6,11 +6,8 @@ beside it (see ``info_runs``); the tests check what they left behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 import zarr
 
 import volden
+from cli_helpers import tree_digest, volden_command
 
 TIMEOUT_S = 300
 SHAPE = (16, 64, 64)
@@ -28,20 +26,9 @@ COMMANDS = ("synth", "train", "apply", "demo")
 
 def volden_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from volden.cli import main; main()", *args],
+        volden_command(*args),
         cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL,
     )
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Every file and folder under ``path`` with the SHA-256 of its bytes."""
-    digest = {}
-    for root, dirs, files in os.walk(path):
-        rel = Path(root).relative_to(path)
-        digest[f"{rel}/"] = "dir"
-        for name in files:
-            digest[str(rel / name)] = hashlib.sha256((Path(root) / name).read_bytes()).hexdigest()
-    return digest
 
 
 def show(proc: subprocess.CompletedProcess) -> str:

@@ -14,11 +14,8 @@ checks one finished case:
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,30 +25,12 @@ import pytest
 import zarr
 
 import volden
+from cli_helpers import tree_digest, volden_command
 from volden.synth import write_synthetic
 from volden.training import train
 
 PARALLEL = 3
 TIMEOUT_S = 240
-
-
-def volden_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from volden.cli import main; main()", *args]
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Every file and folder under ``path`` (or ``path`` itself) with the SHA-256 of its bytes."""
-    if not path.exists():
-        return {}
-    if path.is_file():
-        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
-    digest = {}
-    for root, dirs, files in os.walk(path):
-        rel = Path(root).relative_to(path)
-        digest[f"{rel}/"] = "dir"
-        for name in files:
-            digest[str(rel / name)] = hashlib.sha256((Path(root) / name).read_bytes()).hexdigest()
-    return digest
 
 
 # --------------------------------------------------------------------------------------------
