@@ -139,3 +139,5 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     resumed = train(volume, tmp_path / "m", dataclasses.replace(config, steps=8), resume=True)
     assert [h["step"] for h in resumed.history] == [2, 4, 6, 8]
     assert resumed.training["steps_done"] == 8
+    assert resumed.training["best_val_loss"] == min(h["val_loss"] for h in resumed.history)
+    assert (tmp_path / "m" / "checkpoint" / "best.safetensors").exists()

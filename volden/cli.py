@@ -8,7 +8,9 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import click
 from tqdm import tqdm
@@ -38,6 +40,28 @@ class TripleType(click.ParamType):
 
 TRIPLE = TripleType()
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+@contextmanager
+def training_bar() -> Iterator[Callable[[dict], None]]:
+    """A progress callback for training that draws its bar on the first step (so an error
+    raised before training starts stays one line) and closes it however training ends."""
+    bars: list[tqdm] = []
+
+    def show(state: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=state["steps"], unit="step", dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
+        bar.n = state["step"]
+        bar.set_postfix(loss=f"{state['loss']:.4f}", vox_s=f"{state['voxels_per_s']:.3g}",
+                        elapsed=f"{state['elapsed']:.0f}s", refresh=False)
+        bar.refresh()
+
+    try:
+        yield show
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,22 +125,8 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
         if not ((target / CONFIG_FILE).exists() or (target / CHECKPOINT_DIR).exists()):
             raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
         shutil.rmtree(target)
-    bars: list[tqdm] = []
-
-    def show(state: dict) -> None:
-        if not bars:
-            bars.append(tqdm(total=state["steps"], unit="step", dynamic_ncols=True, file=sys.stderr))
-        bar = bars[0]
-        bar.n = state["step"]
-        bar.set_postfix(loss=f"{state['loss']:.4f}", vox_s=f"{state['voxels_per_s']:.3g}",
-                        elapsed=f"{state['elapsed']:.0f}s", refresh=False)
-        bar.refresh()
-
-    try:
+    with training_bar() as show:
         model = run_training(volume, target, config, resume=resume, progress=show)
-    finally:
-        for bar in bars:
-            bar.close()
     last = model.history[-1] if model.history else {}
     click.echo(f"saved {target} (best validation loss {model.training['best_val_loss']:.5f} "
                f"after {last.get('step', 0)} steps; loss curve in {target / 'loss.png'})")
@@ -172,7 +182,8 @@ def demo(folder, minutes, kind, shape, photons) -> None:
     """synth -> train -> apply on a local cluster -> PSNR before and after, and a PNG."""
     from .demo import run_demo
 
-    run_demo(Path(folder), minutes=minutes, kind=kind, shape=shape, photons=photons, echo=click.echo)
+    with training_bar() as show:
+        run_demo(Path(folder), minutes=minutes, kind=kind, shape=shape, photons=photons, echo=click.echo, progress=show)
 
 
 def main() -> None:

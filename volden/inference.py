@@ -114,7 +114,7 @@ def denoise(
     tiling = Tiling(tuple(data.shape), block, halo)  # type: ignore[arg-type]
     source = data.rechunk(tiling.chunks)
     token = tokenize(source.name, model.digest, tiling, blend, device, max_voxels)
-    model_key = f"volden-model-{model.digest[:16]}"
+    model_key = f"volden-model-{tokenize(model.digest, model.normalisation)}"
     in_name, tile_name = f"volden-input-piece-{token}", f"volden-tile-{token}"
     out_piece_name, out_name = f"volden-tile-piece-{token}", f"volden-denoise-{token}"
     graph: dict = {model_key: model}

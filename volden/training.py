@@ -30,6 +30,7 @@ from .unet import UNet3D, UNetConfig, plan_pools
 from .volume import Volume
 
 CHECKPOINT_DIR = "checkpoint"
+BEST_FILE = "best.safetensors"
 MIN_PATCH = 8
 
 
@@ -187,9 +188,12 @@ def train(
     network = UNet3D(unet).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
+    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
     if resume:
         state = _load_checkpoint(output / CHECKPOINT_DIR, network, optimizer)
-    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        best_file = output / CHECKPOINT_DIR / BEST_FILE
+        source = load_file(str(best_file)) if best_file.exists() else network.state_dict()
+        best = {k: v.detach().to(device).clone() for k, v in source.items()}
 
     sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed + state["step"])
     val_patches = sampler.validation_patches()
@@ -238,6 +242,8 @@ def train(
                 if val < state["best_val"]:
                     state["best_val"] = val
                     best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    (output / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.cpu().contiguous() for k, v in best.items()}, str(output / CHECKPOINT_DIR / BEST_FILE))
                 state.update(step=step, elapsed=elapsed)
                 _save_checkpoint(output / CHECKPOINT_DIR, network, optimizer, state)
             if progress:
