@@ -12,7 +12,7 @@ from volden.metrics import psnr
 from volden.synth import write_synthetic
 from volden.training import TrainConfig
 
-from report import write_section
+from report import markdown_table, write_section
 
 VARIANTS = {
     "default (depth 2, width 8, 16x64x64, batch 4)": {},
@@ -39,7 +39,7 @@ def main() -> None:
     write_section(
         f"CPU defaults: PSNR after {args.minutes:g} minutes per variant",
         "64x256x256 synthetic nuclei, 20 photons (noisy 18.68 dB, best Gaussian 31.96 dB); channels-last "
-        "3D tensors throughout.\n\n| variant | steps | steps/s | PSNR dB |\n|---|---|---|---|\n" + "\n".join(rows),
+        "3D tensors throughout.\n\n" + markdown_table(["variant", "steps", "steps/s", "PSNR dB"], rows),
     )
 
 

@@ -15,7 +15,7 @@ import volden
 from volden.demo import best_gaussian
 from volden.metrics import psnr
 
-from report import write_section
+from report import markdown_table, write_section
 
 
 def run(*args: str) -> float:
@@ -46,9 +46,9 @@ def main() -> None:
                 f"| {kind} | {args.photons:g} | {psnr(noisy, clean):.2f} | {gauss:.2f} (sigma {sigma:g}) | "
                 f"{net:.2f} | {net - gauss:+.2f} | {train_s / 60:.1f} | {apply_s:.0f} |"
             )
-    table = "\n".join(
-        ["| kind | photons | noisy dB | best Gaussian dB | volden dB | volden - Gaussian | train min (wall) | apply s |",
-         "|---|---|---|---|---|---|---|---|"] + rows
+    table = markdown_table(
+        ["kind", "photons", "noisy dB", "best Gaussian dB", "volden dB", "volden - Gaussian", "train min (wall)", "apply s"],
+        rows,
     )
     write_section(
         f"PSNR after {args.minutes:g} minutes of training vs the best Gaussian",

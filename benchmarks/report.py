@@ -27,6 +27,11 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {device}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
+def markdown_table(header: list[str], rows: list[str]) -> str:
+    """A Markdown table from its column names and already formatted ``| ... |`` rows."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+
+
 def write_section(title: str, body: str) -> None:
     """Replace (or append) the section ``## title`` with ``body``, the command and the machine."""
     command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])

@@ -19,7 +19,7 @@ from volden.predict import default_halo, predict_array
 from volden.synth import write_synthetic
 from volden.training import TrainConfig
 
-from report import write_section
+from report import markdown_table, write_section
 
 
 def face_ratios(volume: np.ndarray, block: tuple[int, int, int]) -> np.ndarray:
@@ -62,9 +62,10 @@ def main() -> None:
                 f"| {blend} | {block} | {default_halo(model)} | {fmt(ratios)} | "
                 f"{(ratios / reference).max():.4f} | {diff:.2e} |"
             )
-    table = "\n".join(
-        ["| blend | block | halo | gradient across faces / inside (z, y, x) | worst axis / whole pass's | max abs diff / range |",
-         "|---|---|---|---|---|---|"] + rows
+    table = markdown_table(
+        ["blend", "block", "halo", "gradient across faces / inside (z, y, x)", "worst axis / whole pass's",
+         "max abs diff / range"],
+        rows,
     )
     write_section(
         "Seams: blocked apply vs one whole-volume pass",

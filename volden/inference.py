@@ -113,8 +113,9 @@ def denoise(
     block, halo = plan_blocks(model, tuple(data.shape), block, halo)
     tiling = Tiling(tuple(data.shape), block, halo)  # type: ignore[arg-type]
     source = data.rechunk(tiling.chunks)
-    token = tokenize(source.name, model.digest, tiling, blend, device, max_voxels)
-    model_key = f"volden-model-{tokenize(model.digest, model.normalisation)}"
+    digest = model.digest
+    token = tokenize(source.name, digest, tiling, blend, device, max_voxels)
+    model_key = f"volden-model-{tokenize(digest, model.normalisation)}"
     in_name, tile_name = f"volden-input-piece-{token}", f"volden-tile-{token}"
     out_piece_name, out_name = f"volden-tile-piece-{token}", f"volden-denoise-{token}"
     graph: dict = {model_key: model}

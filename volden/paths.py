@@ -16,5 +16,3 @@ def check_output_path(input_path: str | Path, output_path: str | Path, overwrite
         raise VoldenError(f"{output_path} contains the input {input_path}; write the output elsewhere")
     if target.exists() and not overwrite:
         raise VoldenError(f"{output_path} exists; pass --overwrite to replace it")
-
-

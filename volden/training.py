@@ -94,9 +94,9 @@ def _lr_factor(progress: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optimizer_tensors(optimizer_state: dict) -> dict[str, torch.Tensor]:
     tensors = {}
-    for index, state in optimizer.state_dict()["state"].items():
+    for index, state in optimizer_state["state"].items():
         for name, value in state.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).contiguous()
     return tensors
@@ -113,11 +113,12 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 def _save_checkpoint(folder: Path, network, optimizer, progress: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    tensors.update({k: v.cpu() for k, v in _optimizer_tensors(optimizer).items()})
+    optimizer_state = optimizer.state_dict()
+    tensors.update({k: v.cpu() for k, v in _optimizer_tensors(optimizer_state).items()})
     save_file(tensors, str(folder / "state.safetensors.tmp"))
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optimizer.state_dict()["param_groups"]]
-    (folder / "state.json.tmp").write_text(json.dumps({**progress, "param_groups": groups}))
+    progress = {**progress, "param_groups": optimizer_state["param_groups"]}
+    (folder / "state.json.tmp").write_text(json.dumps(progress))
     (folder / "state.json.tmp").replace(folder / "state.json")
 
 
@@ -231,6 +232,7 @@ def train(
             optimizer.step()
             step += 1
             losses.append(loss.item())
+            loss_value = losses[-1]
             elapsed = time.perf_counter() - start
             if step % config.validate_every == 0 or finished(step, elapsed):
                 val = validation_loss(network, val_patches, val_masks, config.fill, device)
@@ -248,7 +250,7 @@ def train(
                 _save_checkpoint(output / CHECKPOINT_DIR, network, optimizer, state)
             if progress:
                 rate = voxels_per_step * (step - first_step) / max(elapsed - first_elapsed, 1e-9)
-                progress({"step": step, "loss": loss.item(), "voxels_per_s": rate, "elapsed": elapsed,
+                progress({"step": step, "loss": loss_value, "voxels_per_s": rate, "elapsed": elapsed,
                           "budget_s": budget_s, "steps": config.steps})
     finally:
         sampler.close()
