@@ -7,6 +7,7 @@ beside it (see ``info_runs``); the tests check what they left behind.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from cli_helpers import tree_digest, volden_command
 TIMEOUT_S = 300
 SHAPE = (16, 64, 64)
 VOXEL_SIZE = (1.0, 0.5, 0.5)
-COMMANDS = ("synth", "train", "apply", "demo")
+COMMANDS = ("synth", "train", "apply", "info", "demo")
 
 
 def volden_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -151,10 +152,11 @@ def test_version(info_runs) -> None:
 
 
 HELP_MENTIONS = {
-    "help": ("Usage:", "synth", "train", "apply", "demo"),
+    "help": ("Usage:", "synth", "train", "apply", "info", "demo"),
     "synth": ("synth [OPTIONS] OUTPUT", "--shape", "--overwrite"),
     "train": ("train [OPTIONS] INPUT", "--output", "--steps", "--patch", "--overwrite"),
-    "apply": ("apply [OPTIONS] MODEL INPUT OUTPUT", "--block", "--dtype", "--overwrite"),
+    "apply": ("apply [OPTIONS] MODEL INPUT OUTPUT", "--block", "--dtype", "--resume", "--overwrite"),
+    "info": ("info [OPTIONS] PATH", "--array"),
     "demo": ("demo [OPTIONS] [FOLDER]", "--minutes"),
 }
 
@@ -166,3 +168,16 @@ def test_help(info_runs, command: str) -> None:
     assert "Traceback" not in proc.stderr, show(proc)
     for text in HELP_MENTIONS[command]:
         assert text in proc.stdout, f"{text!r} not in the help\n{show(proc)}"
+
+
+def test_info_describes_input_output_and_model(run) -> None:
+    work = run["work"]
+    with ThreadPoolExecutor(3) as pool:
+        volume, output, model = pool.map(lambda path: volden_run("info", path, cwd=work), ("s.zarr", "out.zarr", "m"))
+    for proc in (volume, output, model):
+        assert proc.returncode == 0, show(proc)
+    assert "16 x 64 x 64 (z, y, x), uint16" in volume.stdout and "1 x 0.5 x 0.5 micrometer" in volume.stdout
+    assert "volden run" not in volume.stdout
+    assert re.search(r"volden run  complete \((\d+)/\1 blocks\)", output.stdout), output.stdout
+    assert "float32" in output.stdout and "s.zarr" in output.stdout
+    assert "20 steps" in model.stdout and volden.load_model(work / "m").digest[:12] in model.stdout

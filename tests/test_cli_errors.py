@@ -90,6 +90,11 @@ def make_existing_store(folder: Path, name: str, sources: dict[str, Path]) -> No
     (folder / name / "precious.txt").write_text("results of last week\n")
 
 
+def make_complete_output(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    group = zarr.open_group(str(folder / name), mode="w")
+    group.attrs["volden"] = {"status": "complete"}
+
+
 # --------------------------------------------------------------------------------------------
 # Cases.
 
@@ -128,6 +133,7 @@ CASES = [
     train_case("train-smaller-than-patch", "small.zarr", make_small, ("smaller than the training patch",),
                ("--patch", "16,64,64")),
     train_case("train-nan", "nan.zarr", make_nan, ("NaN",), ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
+    train_case("train-cache-not-positive", "vol.zarr", make_volume, ("--cache-mb", "positive"), ("--cache-mb", "0")),
     Case("train-existing-model-folder", ("train", "vol.zarr", "-o", "model_out", "--steps", "2"),
          ("exists", "--overwrite"), {"vol.zarr": make_volume, "model_out": make_model}),
     Case("train-model-inside-input", ("train", "vol.zarr", "-o", "vol.zarr/model", "--steps", "2", "--patch",
@@ -145,6 +151,13 @@ CASES = [
     Case("apply-halo-exceeds-block", ("apply", "model", "vol.zarr", "out.zarr", "--block", "8,32,32",
                                       "--halo", "16,16,16"),
          ("halo", "block"), {"model": make_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-resume-not-a-run", ("apply", "model", "vol.zarr", "out.zarr", "--resume"),
+         ("not an unfinished volden run", "--overwrite"),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_existing_store}),
+    Case("apply-resume-complete", ("apply", "model", "vol.zarr", "out.zarr", "--resume"), ("already complete",),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_complete_output}),
+    Case("apply-resume-and-overwrite", ("apply", "model", "vol.zarr", "out.zarr", "--resume", "--overwrite"),
+         ("exclude each other",), {"model": make_model, "vol.zarr": make_volume}, ("out.zarr",)),
     # the model of apply
     Case("apply-model-missing", ("apply", "no-model", "vol.zarr", "out.zarr"), ("no such model",),
          {"vol.zarr": make_volume}, ("out.zarr",)),
@@ -152,6 +165,7 @@ CASES = [
          {"empty": make_empty_dir, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("apply-model-garbage-json", ("apply", "garbage", "vol.zarr", "out.zarr"), ("not a volden model",),
          {"garbage": make_garbage_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("info-missing", ("info", "nowhere.zarr"), ("no such file",)),
     # synth
     Case("synth-existing-output", ("synth", "taken", "--shape", "8,32,32", "--chunks", "8,32,32"),
          ("exists", "--overwrite"), {"taken": make_existing_store}),

@@ -109,9 +109,21 @@ def test_default_halo_and_block():
         assert h % max(4, d) == 0
         assert h >= r // 2
     divisor = model.config.divisor
-    z = -(-10 // divisor[0]) * divisor[0]
-    assert default_block((10, 1000, 1000), halo, divisor) == (max(z, halo[0]), 128, 128)
-    assert default_block((500, 500, 500), halo, divisor) == (64, 128, 128)
+    # A volume whose tile fits one pass is one block (rounded up to the divisor).
+    assert default_block((30, 61, 64), halo, divisor, 10**7) == tuple(-(-s // d) * d for s, d in zip((30, 61, 64), divisor))
+    # Otherwise: the largest block whose tile fits, sides in proportion to the halo.
+    budget = 2**22
+    for shape in [(10_000, 10_000, 10_000), (40, 5000, 5000)]:
+        block = default_block(shape, halo, divisor, budget)
+        tile = [b + 2 * h for b, h in zip(block, halo)]
+        assert np.prod(tile) <= budget
+        assert all(b % d == 0 and b >= 2 * h for b, d, h in zip(block, divisor, halo))
+        for axis in range(3):
+            grown = list(tile)
+            grown[axis] += divisor[axis]
+            assert np.prod(grown) > budget or block[axis] >= shape[axis], (shape, block, axis)
+    block = default_block((10_000, 10_000, 10_000), (8, 16, 16), (2, 4, 4), budget)
+    assert abs(block[1] / 16 - block[0] / 8) <= 1 and block[1] == block[2]
 
 
 # A network with a small receptive field (5, 16, 16) so that sub-tiling needs few passes; divisor

@@ -1,38 +1,33 @@
-"""Training: chunk reads stay within what the sampler asks for, PSNR improves, resume works."""
+"""Training: chunk reads stay within what the sampler asks for, PSNR improves, resume after a
+kill repeats the uninterrupted run, the region cache keeps to its bound."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
+import signal
+import subprocess
+import time
 
 import dask.array as da
 import numpy as np
 import pytest
+import torch
 import zarr
 import zarr.storage
 
 import volden
+from cli_helpers import volden_command
+from counting_store import CountingStore
 from volden import sampler as sampler_module
+from volden.errors import VoldenError
 from volden.metrics import psnr
 from volden.normalisation import estimate_normalisation
-from volden.sampler import PatchSampler, split_volume
+from volden.sampler import MIN_REGIONS, PatchSampler, split_volume
 from volden.synth import synthetic_volume, write_synthetic
 from volden.training import TrainConfig, train
 from volden.volume import Volume
-
-
-class CountingStore(zarr.storage.WrapperStore):
-    """Records every chunk key read from the wrapped store."""
-
-    def __init__(self, store):
-        super().__init__(store)
-        self.reads: list[str] = []
-
-    async def get(self, key, prototype, byte_range=None):
-        if key.startswith("c/"):
-            self.reads.append(key)
-        return await self._store.get(key, prototype, byte_range)
 
 
 def _counted_volume(tmp_path, shape=(32, 128, 128), chunks=(8, 32, 32)) -> tuple[Volume, CountingStore]:
@@ -53,7 +48,7 @@ def test_sampler_reads_only_the_chunks_of_its_regions(tmp_path):
     volume, store = _counted_volume(tmp_path)
     norm = estimate_normalisation(volume.data, max_chunks=4)
     store.reads.clear()
-    sampler = PatchSampler(volume.data, (8, 32, 32), 4, norm, patches_per_region=8, cache_regions=2)
+    sampler = PatchSampler(volume.data, (8, 32, 32), 4, norm, patches_per_region=8, cache_mb=0.5)
     for _ in range(30):
         batch = sampler.next()
         assert batch.shape == (4, 1, 8, 32, 32)
@@ -141,3 +136,109 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed.training["steps_done"] == 8
     assert resumed.training["best_val_loss"] == min(h["val_loss"] for h in resumed.history)
     assert (tmp_path / "m" / "checkpoint" / "best.safetensors").exists()
+
+
+def test_sampler_rebuilt_from_its_state_draws_the_same_batches(tmp_path):
+    volume, _ = _counted_volume(tmp_path)
+    norm = estimate_normalisation(volume.data, max_chunks=4)
+    settings = dict(seed=5, patches_per_region=3, cache_mb=2.0)  # regions replaced every few batches
+    original = PatchSampler(volume.data, (8, 32, 32), 4, norm, **settings)
+    for _ in range(5):
+        original.next()
+    state = json.loads(json.dumps(original.state))
+    assert state["batch"] == 5
+    assert state["next_region"] > original.cache_regions  # some regions were replaced already
+    rebuilt = PatchSampler(volume.data, (8, 32, 32), 4, norm, state=state, **settings)
+    fresh = PatchSampler(volume.data, (8, 32, 32), 4, norm, **settings)
+    try:
+        ahead = [original.next() for _ in range(10)]
+        assert all(torch.equal(a, rebuilt.next()) for a in ahead)
+        assert rebuilt.state == original.state
+        assert not torch.equal(ahead[0], fresh.next())  # the state, not the seed alone, made them equal
+    finally:
+        for sampler in (original, rebuilt, fresh):
+            sampler.close()
+
+
+def test_sampler_rejects_a_state_it_did_not_write(tmp_path):
+    volume, _ = _counted_volume(tmp_path)
+    norm = estimate_normalisation(volume.data, max_chunks=4)
+    with pytest.raises(VoldenError, match="not one a PatchSampler wrote"):
+        PatchSampler(volume.data, (8, 32, 32), 4, norm, state={"batch": 3})
+
+
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint."""
+
+
+def test_resumed_training_repeats_the_uninterrupted_run(tmp_path):
+    path = write_synthetic(tmp_path / "vol.zarr", shape=(16, 64, 64), chunks=(8, 32, 32))
+    volume = volden.open_volume(path)
+    config = TrainConfig(steps=8, width=4, patch=(8, 32, 32), batch=2, validate_every=2, fill="random")
+    whole = train(volume, tmp_path / "whole", config)
+
+    def kill_at_step_4(progress: dict) -> None:
+        if progress["step"] == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(volume, tmp_path / "cut", config, progress=kill_at_step_4)
+    checkpoint = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert checkpoint["step"] == 4 and checkpoint["sampler"]["batch"] == 4
+    resumed = train(volume, tmp_path / "cut", config, resume=True)
+    # same thread count, same batches and masks: CPU training repeats bit for bit
+    assert [(h["step"], h["loss"], h["val_loss"]) for h in resumed.history] == [
+        (h["step"], h["loss"], h["val_loss"]) for h in whole.history
+    ]
+    assert [h["step"] for h in whole.history] == [2, 4, 6, 8]
+    assert all(torch.equal(a, b) for a, b in zip(whole.network.state_dict().values(), resumed.network.state_dict().values()))
+
+
+def test_train_command_resumes_after_sigkill(tmp_path):
+    write_synthetic(tmp_path / "vol.zarr", shape=(16, 64, 64), chunks=(8, 32, 32))
+    tiny = ("--patch", "8,32,32", "--batch", "2", "--width", "4", "--device", "cpu", "--cache-mb", "1")
+    state_file = tmp_path / "m" / "checkpoint" / "state.json"
+    proc = subprocess.Popen(volden_command("train", "vol.zarr", "-o", "m", "--steps", "1000000", *tiny),
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    killed_at = json.loads(state_file.read_text())["step"]
+    assert killed_at > 0
+    target = killed_at + 100
+    done = subprocess.run(volden_command("train", "vol.zarr", "-o", "m", "--resume", "--steps", str(target), *tiny),
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = volden.load_model(tmp_path / "m")
+    assert [h["step"] for h in model.history] == list(range(50, target + 1, 50))
+    assert model.training["steps_done"] == target and model.training["cache_mb"] == 1
+    assert [p.name for p in (tmp_path / "m" / "checkpoint").glob("state-*")] == [f"state-{target}.safetensors"]
+
+
+def test_cache_keeps_to_its_bound(tmp_path):
+    volume, _ = _counted_volume(tmp_path)
+    norm = estimate_normalisation(volume.data, max_chunks=4)
+    region_mb = 4 * 16 * 64 * 64 / 2**20  # float32 regions of 2 x 2 x 2 chunks
+    small = PatchSampler(volume.data, (8, 32, 32), 4, norm, cache_mb=0.01)
+    sized = PatchSampler(volume.data, (8, 32, 32), 4, norm, cache_mb=6 * region_mb)
+    try:
+        assert small.cache_regions == MIN_REGIONS
+        assert sized.cache_regions == 6 - 2  # two more regions are read ahead
+        for _ in range(20):
+            assert small.next().shape == (4, 1, 8, 32, 32)
+    finally:
+        small.close()
+        sized.close()
+    model = train(volume, tmp_path / "m", TrainConfig(steps=2, width=4, patch=(8, 32, 32), batch=2, cache_mb=0.01))
+    assert model.training["cache_mb"] == 0.01
+
+
+@pytest.mark.parametrize("cache_mb", [0, -5, float("nan")])
+def test_cache_bound_must_be_positive(cache_mb):
+    with pytest.raises(VoldenError, match="--cache-mb must be a positive number"):
+        TrainConfig(cache_mb=cache_mb)

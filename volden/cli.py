@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -64,6 +63,23 @@ def training_bar() -> Iterator[Callable[[dict], None]]:
             bar.close()
 
 
+@contextmanager
+def block_bar() -> Iterator[Callable[[int, int], None]]:
+    """A progress callback for apply, drawn on the first report like :func:`training_bar`."""
+    bars: list[tqdm] = []
+
+    def show(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="block", dynamic_ncols=True, file=sys.stderr))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield show
+    finally:
+        for bar in bars:
+            bar.close()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="volden")
 def cli() -> None:
@@ -102,9 +118,12 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 @click.option("--width", type=click.IntRange(min=1), default=None, help="UNet base width (default 8 CPU, 32 GPU).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--cache-mb", type=float, default=512.0, show_default=True,
+              help="Memory for the regions the patches are drawn from.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
-def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, depth, width, device, seed, resume, overwrite) -> None:
+def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, depth, width, device, seed, cache_mb,
+          resume, overwrite) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed)."""
     from .model import CONFIG_FILE
     from .paths import check_output_path
@@ -113,7 +132,7 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
     from .volume import open_volume
 
     config = TrainConfig(patch=patch, batch=batch, grid=grid, fill=fill, steps=steps, minutes=minutes,
-                         depth=depth, width=width, device=device, seed=seed)
+                         depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb)
     volume = open_volume(input, array)
     target = Path(model_path)
     check_output_path(input, target, overwrite=True)
@@ -137,39 +156,66 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
 @click.argument("input", type=click.Path())
 @click.argument("output", type=click.Path())
 @click.option("--array", default=None, help="Array (or image group) inside INPUT.")
-@click.option("--block", type=TRIPLE, default=None, help="Output block (default 64,128,128, within the volume).")
+@click.option("--block", type=TRIPLE, default=None, help="Output block (default: the largest tile the device takes).")
 @click.option("--halo", type=TRIPLE, default=None, help="Halo around each block (default from the network).")
 @click.option("--blend", type=click.Choice(["gaussian", "linear", "crop"]), default="gaussian", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
+@click.option("--resume", is_flag=True, help="Finish an interrupted run into OUTPUT (or start it).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def apply(model_path, input, output, array, block, halo, blend, workers, device, dtype, ome_version, overwrite) -> None:
-    """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster."""
-    from .apply import ApplyConfig, apply_model
+def apply(model_path, input, output, array, block, halo, blend, workers, device, dtype, ome_version, resume, overwrite) -> None:
+    """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster.
+
+    Finished blocks are recorded in OUTPUT as they are written; after a kill, the same command
+    with --resume computes only the rest.
+    """
+    from .apply import ApplyConfig, apply_model, resumable_plan
     from .cluster import local_client
+    from .ledger import Ledger
     from .inference import plan_blocks
     from .model import load_model
     from .paths import check_output_path
     from .volume import open_volume
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
-                         overwrite=overwrite, ome_version=ome_version)
+                         overwrite=overwrite, resume=resume, ome_version=ome_version)
     model = load_model(model_path)
     volume = open_volume(input, array)
-    check_output_path(input, output, overwrite)
-    plan_blocks(model, volume.shape, block, halo)
-    start = time.perf_counter()
-    with local_client(workers) as client, tqdm(unit="block", dynamic_ncols=True, file=sys.stderr) as bar:
-        def show(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    check_output_path(input, output, overwrite or resume)
+    if resume:
+        resumable_plan(Path(output), Ledger(output))
+    if block:
+        plan_blocks(model, volume.shape, block, halo)
+    with local_client(workers) as client, block_bar() as show:
+        try:
+            report = apply_model(model, volume, output, config, client=client, progress=show)
+        except Exception as err:
+            if not Ledger(output).exists():
+                raise
+            raise VoldenError(
+                f"{type(err).__name__}: {err}; {output} is unfinished ({len(Ledger(output).done())} blocks done): "
+                "run the same command with --resume to finish it"
+            ) from err
+    resumed = f", {report.blocks_done_before} were done before" if report.blocks_done_before else ""
+    voxels = volume.data.size * report.blocks_written / report.blocks
+    click.echo(
+        f"wrote {output}: {report.blocks_written} of {report.blocks} blocks of {','.join(map(str, report.block))} "
+        f"(halo {','.join(map(str, report.halo))}){resumed}; {voxels / report.seconds:.3g} voxels/s ({report.seconds:.1f} s)"
+    )
 
-        apply_model(model, volume, output, config, client=client, progress=show)
-    seconds = time.perf_counter() - start
-    voxels = volume.data.size
-    click.echo(f"wrote {output}: {voxels / seconds:.3g} voxels/s ({seconds:.1f} s)")
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--array", default=None, help="Array (or image group) inside PATH.")
+def info(path, array) -> None:
+    """Shape, dtype, chunks and voxel size of a volume; progress and provenance of a volden
+    output; the training summary of a model."""
+    from .info import describe
+
+    for line in describe(path, array):
+        click.echo(line)
 
 
 @cli.command()

@@ -34,7 +34,7 @@ def local_client(workers: int = 1) -> Iterator[Client]:
         n_workers=workers,
         threads_per_worker=2,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(max(1, cores // workers)))

@@ -20,19 +20,29 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .errors import VoldenError
 from .model import Model, load_model
-from .predict import default_halo, predict_normalised, resolve_device
-from .tiling import Blend, Tiling, intersect, tile_window, weight_sum
-
-CPU_BLOCK = (64, 128, 128)
-
+from .predict import default_halo, max_voxels_for, predict_normalised, resolve_device
+from .tiling import Blend, Index, Tiling, intersect, tile_window, weight_sum
 
 def default_block(
-    shape: tuple[int, ...], halo: tuple[int, ...], divisor: tuple[int, ...]
+    shape: tuple[int, ...], halo: tuple[int, ...], divisor: tuple[int, ...], max_voxels: int
 ) -> tuple[int, int, int]:
-    """Large blocks (the halo costs ((B + 2h) / B)^3), no larger than the volume (rounded up
-    to the pooling divisor) and no smaller than the halo."""
-    sizes = [max(min(b, -(-s // d) * d), h) for b, s, h, d in zip(CPU_BLOCK, shape, halo, divisor)]
-    return (sizes[0], sizes[1], sizes[2])
+    """The largest block whose tile (block + 2 halo) one forward pass takes at once.
+
+    The halo costs ((B + 2h) / B)^3; for a given tile volume that is least when each side of
+    the block is in proportion to its halo, so the side with the most block per halo shrinks
+    first. Sides start at the volume's (rounded up to the pooling divisor) and stay at least
+    twice the halo.
+    """
+    block = [-(-s // d) * d for s, d in zip(shape, divisor)]
+    least = [max(d, -(-2 * h // d) * d) for h, d in zip(halo, divisor)]
+    block = [max(b, m) for b, m in zip(block, least)]
+    while np.prod([b + 2 * h for b, h in zip(block, halo)], dtype=np.float64) > max_voxels:
+        shrinkable = [a for a in range(3) if block[a] - divisor[a] >= least[a]]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda a: block[a] / max(halo[a], 1))
+        block[axis] -= divisor[axis]
+    return (block[0], block[1], block[2])
 
 
 def plan_blocks(
@@ -40,11 +50,18 @@ def plan_blocks(
     shape: tuple[int, ...],
     block: tuple[int, int, int] | None = None,
     halo: tuple[int, int, int] | None = None,
+    max_voxels: int | None = None,
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """The block and halo to use (defaults filled in), or a VoldenError saying why not."""
+    """The block and halo to use, or a VoldenError saying why not.
+
+    The default block is sized from ``max_voxels`` (what one forward pass takes on the device
+    that will run it; by default this machine's).
+    """
     halo = halo or default_halo(model)
     divisor = model.config.divisor
-    block = block or default_block(shape, halo, divisor)
+    if block is None:
+        budget = max_voxels or max_voxels_for(resolve_device("auto"), model.config.width)
+        block = default_block(shape, halo, divisor, budget)
     if any(b % d or h % d for b, h, d in zip(block, halo, divisor)):
         raise VoldenError(
             f"block {tuple(block)} and halo {tuple(halo)} must be multiples of the network's pooling "
@@ -55,7 +72,36 @@ def plan_blocks(
     return block, halo
 
 
-def _predict_tile(
+def predict_tile(
+    model: Model,
+    region: np.ndarray,
+    pad: list[tuple[int, int]],
+    block: tuple[int, ...],
+    halo: tuple[int, ...],
+    blend: Blend,
+    device: str,
+    max_voxels: int | None,
+) -> np.ndarray:
+    """The weighted prediction on a tile: ``region`` is its part inside the volume, ``pad``
+    what lies outside (filled by reflection, as in training)."""
+    x = model.normalisation.apply(region)
+    if any(p for pair in pad for p in pair):
+        x = np.pad(x, pad, mode="reflect")
+    prediction = predict_normalised(model, x, resolve_device(device), max_voxels)
+    prediction *= tile_window(block, halo, blend)
+    return prediction
+
+
+def tile_geometry(tiling: Tiling, index: Index) -> tuple[list[tuple[int, int]], list[tuple[int, int]], tuple[int, ...]]:
+    """A tile's range inside the volume, its padding beyond the volume, and its block's shape."""
+    tile = tiling.tile_range(index)
+    inside = [(max(a, 0), min(b, n)) for (a, b), n in zip(tile, tiling.shape)]
+    pad = [(lo - a, b - hi) for (a, b), (lo, hi) in zip(tile, inside)]
+    block_shape = tuple(b - a for a, b in tiling.block_range(index))
+    return inside, pad, block_shape
+
+
+def _gather_and_predict(
     model: Model,
     device: str,
     max_voxels: int | None,
@@ -67,30 +113,28 @@ def _predict_tile(
     halo: tuple[int, ...],
     blend: Blend,
 ) -> np.ndarray:
-    """Gather a tile from its pieces, reflect at the volume's edge, predict and weight it."""
     region = np.empty([b - a for a, b in inside], dtype=np.float32)
     for piece, where in zip(pieces, placements):
         region[where] = piece
-    tile = np.pad(region, pad, mode="reflect") if any(p for pair in pad for p in pair) else region
-    x = model.normalisation.apply(tile)
-    prediction = predict_normalised(model, x, resolve_device(device), max_voxels)
-    return prediction * tile_window(block, halo, blend)
+    return predict_tile(model, region, pad, block, halo, blend, device, max_voxels)
 
 
-def _blend_block(
+def blend_block(
     model: Model,
     pieces: list[np.ndarray],
     placements: list[tuple[slice, ...]],
     tiling: Tiling,
-    index: tuple[int, int, int],
+    index: Index,
     blend: Blend,
 ) -> np.ndarray:
-    """Overlap-add of the weighted tile pieces, normalised, back in input units."""
+    """Overlap-add of the weighted tile pieces (in neighbour order), normalised, back in
+    input units."""
     weights = weight_sum(tiling, index, blend)
     total = np.zeros(weights.shape, dtype=np.float32)
     for piece, where in zip(pieces, placements):
         total[where] += piece
-    return model.normalisation.invert(total / weights)
+    total /= weights
+    return model.normalisation.invert(total)
 
 
 def denoise(
@@ -120,9 +164,7 @@ def denoise(
     out_piece_name, out_name = f"volden-tile-piece-{token}", f"volden-denoise-{token}"
     graph: dict = {model_key: model}
     for index in tiling.blocks():
-        tile = tiling.tile_range(index)
-        inside = [(max(a, 0), min(b, n)) for (a, b), n in zip(tile, tiling.shape)]
-        pad = [(lo - a, b - hi) for (a, b), (lo, hi) in zip(tile, inside)]
+        inside, pad, block_shape = tile_geometry(tiling, index)
         keys, placements = [], []
         for n in tiling.neighbours(index):
             overlap = intersect(tiling.block_range(n), inside)
@@ -132,9 +174,8 @@ def denoise(
             graph[key] = (operator.getitem, (source.name, *n), overlap[0])
             keys.append(key)
             placements.append(overlap[1])
-        block_shape = tuple(b - a for a, b in tiling.block_range(index))
         graph[(tile_name, *index)] = (
-            _predict_tile, model_key, device, max_voxels, keys, placements, inside, pad,
+            _gather_and_predict, model_key, device, max_voxels, keys, placements, inside, pad,
             block_shape, tiling.halo, blend,
         )
     for index in tiling.blocks():
@@ -148,7 +189,7 @@ def denoise(
             keys.append(key)
             placements.append(overlap[1])
         graph[(out_name, *index)] = (
-            _blend_block, model_key, keys, placements, tiling, index, blend,
+            blend_block, model_key, keys, placements, tiling, index, blend,
         )
     hlg = HighLevelGraph.from_collections(out_name, graph, dependencies=[source])
     return da.Array(hlg, out_name, chunks=tiling.chunks, dtype=np.float32)

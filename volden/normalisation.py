@@ -25,10 +25,17 @@ class Normalisation:
     high: float  # 99.9th percentile, raw units
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, dtype=np.float32) - self.mean) / self.std).astype(np.float32)
+        """A new float32 array (computed in place: volumes are large)."""
+        y = np.array(x, dtype=np.float32)
+        y -= np.float32(self.mean)
+        y /= np.float32(self.std)
+        return y
 
     def invert(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float32) * self.std + self.mean).astype(np.float32)
+        y = np.array(x, dtype=np.float32)
+        y *= np.float32(self.std)
+        y += np.float32(self.mean)
+        return y
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,13 +8,17 @@ import itertools
 import threading
 
 import numpy as np
+import psutil
 import torch
 
 from .model import Model
 from .unet import receptive_radius
 
 DEVICES = ("auto", "cpu", "cuda")
-CPU_MAX_VOXELS = 2**23
+CPU_MAX_VOXELS = 2**24  # beyond this a CPU pass gets no faster per voxel, only larger
+CPU_BYTES_PER_VOXEL_PER_CHANNEL = 28  # float32 activations alive at once, measured
+CUDA_BYTES_PER_VOXEL_PER_CHANNEL = 24  # bf16 activations of the widest full-resolution layers
+MEMORY_SHARE = 0.25  # of the memory free now, per forward pass
 _forward_locks: dict[str, threading.Lock] = {}
 
 
@@ -34,11 +38,11 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def max_voxels_for(device: torch.device, width: int) -> int:
     """Largest array (voxels) one forward pass takes on ``device``, from its free memory."""
-    if device.type != "cuda":
-        return CPU_MAX_VOXELS
-    free, _ = torch.cuda.mem_get_info(device)
-    bytes_per_voxel = width * 2 * 12  # bf16 activations of the widest full-resolution layers
-    return int(free * 0.5 / bytes_per_voxel)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 2 * MEMORY_SHARE / (width * CUDA_BYTES_PER_VOXEL_PER_CHANNEL))
+    free = psutil.virtual_memory().available
+    return min(CPU_MAX_VOXELS, int(free * MEMORY_SHARE / (width * CPU_BYTES_PER_VOXEL_PER_CHANNEL)))
 
 
 def _forward_padded(network: torch.nn.Module, x: np.ndarray, device: torch.device) -> np.ndarray:

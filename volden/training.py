@@ -3,7 +3,9 @@
 The budget is steps, minutes, or both (whichever ends first); the learning rate follows a
 cosine over that budget. Every ``validate_every`` steps the self-supervised loss on the
 held-out patches (fixed phases) is measured, the best weights are kept, and a checkpoint
-(weights, optimiser, step, history) is written so ``resume`` can continue after a kill.
+(weights, optimiser, step, history, sampler state) is written so ``resume`` can continue after a
+kill. Batches and masks come from generators keyed by batch and step numbers (see ``streams``),
+so a resumed run with a step budget trains on exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from .normalisation import estimate_normalisation
 from .paths import check_output_path
 from .predict import autocast, resolve_device
 from .sampler import PatchSampler
+from .streams import MASKS, torch_stream
 from .unet import UNet3D, UNetConfig, plan_pools
 from .volume import Volume
 
 CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
 BEST_FILE = "best.safetensors"
 MIN_PATCH = 8
 
@@ -50,6 +54,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     validate_every: int = 50
+    cache_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_MODES:
@@ -62,6 +67,10 @@ class TrainConfig:
             raise VoldenError("--minutes must be positive")
         if self.batch is not None and self.batch < 1:
             raise VoldenError("--batch must be at least 1")
+        if self.seed < 0:
+            raise VoldenError("--seed must be 0 or more")
+        if not 0 < self.cache_mb < math.inf:
+            raise VoldenError(f"--cache-mb must be a positive number of megabytes, not {self.cache_mb:g}")
 
     def resolve(self, shape: tuple[int, int, int], device: torch.device) -> "TrainConfig":
         """Fill in the device defaults and check the patch against the volume."""
@@ -110,27 +119,61 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write through a temporary file, so a kill never leaves a half-written file at ``path``."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path) + ".tmp")
+    Path(str(path) + ".tmp").replace(path)
+
+
 def _save_checkpoint(folder: Path, network, optimizer, progress: dict) -> None:
+    """Tensors to a file named by the step, then ``state.json`` naming it (the one commit point,
+    so a kill at any moment leaves a consistent checkpoint), then older tensor files go."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    name = f"state-{progress['step']}.safetensors"
     optimizer_state = optimizer.state_dict()
-    tensors.update({k: v.cpu() for k, v in _optimizer_tensors(optimizer_state).items()})
-    save_file(tensors, str(folder / "state.safetensors.tmp"))
-    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
-    progress = {**progress, "param_groups": optimizer_state["param_groups"]}
-    (folder / "state.json.tmp").write_text(json.dumps(progress))
-    (folder / "state.json.tmp").replace(folder / "state.json")
+    tensors = {f"network.{k}": v for k, v in network.state_dict().items()}
+    _save_tensors({**tensors, **_optimizer_tensors(optimizer_state)}, folder / name)
+    progress = {**progress, "tensors": name, "param_groups": optimizer_state["param_groups"]}
+    (folder / (STATE_FILE + ".tmp")).write_text(json.dumps(progress))
+    (folder / (STATE_FILE + ".tmp")).replace(folder / STATE_FILE)
+    for old in folder.glob("state-*"):
+        if old.name != name:
+            old.unlink()
 
 
 def _load_checkpoint(folder: Path, network, optimizer) -> dict:
     try:
-        progress = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / "state.safetensors"))
-    except (OSError, ValueError) as err:
+        progress = json.loads((folder / STATE_FILE).read_text())
+        tensors = load_file(str(folder / progress["tensors"]))
+    except (OSError, ValueError, KeyError) as err:
         raise VoldenError(f"cannot resume: no readable checkpoint in {folder} ({type(err).__name__})") from None
     network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
     _load_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")}, progress["param_groups"])
     return progress
+
+
+def build_network(config: TrainConfig, voxel_size: tuple[float, float, float] | None, device: torch.device) -> UNet3D:
+    """The UNet of a resolved ``config``, channels-last on the CPU (its fastest 3D layout there)."""
+    unet = UNetConfig(depth=config.depth, width=config.width, pools=plan_pools(config.patch, config.depth, voxel_size))
+    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
+    return UNet3D(unet).to(device, memory_format=memory_format)
+
+
+def train_step(network: UNet3D, optimizer: torch.optim.Optimizer, x: torch.Tensor, config: TrainConfig,
+               generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One Noise2Self step on the batch ``x`` (on ``device``): one random phase masked per patch
+    and filled, the loss taken on the masked voxels; returns the loss without waiting for it."""
+    mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator).to(device)
+    inputs = apply_mask(x, mask, config.fill, generator)
+    if device.type == "cpu":
+        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+    with autocast(device):
+        out = network(inputs)
+    loss = masked_mse(out.float(), x, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def validation_loss(network, patches: torch.Tensor, masks: torch.Tensor, fill: str, device) -> float:
@@ -182,11 +225,7 @@ def train(
     config = config.resolve(volume.shape, device)
     torch.manual_seed(config.seed)
     normalisation = estimate_normalisation(volume.data, seed=config.seed)
-    unet = UNetConfig(
-        depth=config.depth, width=config.width, pools=plan_pools(config.patch, config.depth, volume.voxel_size)
-    )
-    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
-    network = UNet3D(unet).to(device, memory_format=memory_format)
+    network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
     best = {k: v.detach().clone() for k, v in network.state_dict().items()}
@@ -196,12 +235,12 @@ def train(
         source = load_file(str(best_file)) if best_file.exists() else network.state_dict()
         best = {k: v.detach().to(device).clone() for k, v in source.items()}
 
-    sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed + state["step"])
+    sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed,
+                           cache_mb=config.cache_mb, state=state.get("sampler"))
     val_patches = sampler.validation_patches()
     val_masks = torch.stack(
         [phase_mask(config.patch, config.grid, tuple(int(v) for v in np.unravel_index(i % np.prod(config.grid), config.grid))) for i in range(len(val_patches))]
     )[:, None]
-    generator = torch.Generator().manual_seed(config.seed + state["step"])
     voxels_per_step = config.batch * int(np.prod(config.patch))
     budget_s = config.minutes * 60 if config.minutes else math.inf
     start = time.perf_counter() - state["elapsed"]
@@ -220,16 +259,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * _lr_factor(fraction)
             x = sampler.next().to(device)
-            mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator).to(device)
-            inputs = apply_mask(x, mask, config.fill, generator)
-            if device.type == "cpu":
-                inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-            with autocast(device):
-                out = network(inputs)
-            loss = masked_mse(out.float(), x, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device)
             step += 1
             losses.append(loss.item())
             loss_value = losses[-1]
@@ -245,8 +275,8 @@ def train(
                     state["best_val"] = val
                     best = {k: v.detach().clone() for k, v in network.state_dict().items()}
                     (output / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-                    save_file({k: v.cpu().contiguous() for k, v in best.items()}, str(output / CHECKPOINT_DIR / BEST_FILE))
-                state.update(step=step, elapsed=elapsed)
+                    _save_tensors(best, output / CHECKPOINT_DIR / BEST_FILE)
+                state.update(step=step, elapsed=elapsed, sampler=sampler.state)
                 _save_checkpoint(output / CHECKPOINT_DIR, network, optimizer, state)
             if progress:
                 rate = voxels_per_step * (step - first_step) / max(elapsed - first_elapsed, 1e-9)

@@ -22,6 +22,7 @@ class Volume:
     unit: str | None
     path: str
     array_path: str
+    source: zarr.Array | None = None  # the stored array behind ``data``, for direct region reads
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,4 +91,6 @@ def open_volume(path: str | Path, array: str | None = None) -> Volume:
             "volumes: pick one with --array"
         )
     data = da.from_zarr(node)
-    return Volume(data=data, voxel_size=voxel_size, unit=unit, path=path, array_path=where[len(path) :].lstrip("/"))
+    return Volume(
+        data=data, voxel_size=voxel_size, unit=unit, path=path, array_path=where[len(path) :].lstrip("/"), source=node
+    )

@@ -1,0 +1,99 @@
+"""The durable record of an apply run, kept inside its output store until the run completes.
+
+``OUTPUT/volden-run/`` holds the run's plan (``plan.json``: what a resume must match), one
+empty marker per finished block (``done/Z.Y.X``, created only after the block's region is
+written) and the weighted tile predictions that neighbouring blocks still need
+(``tiles/Z.Y.X.npz``, written under a temporary name and renamed, so a file that exists is
+whole). A tile's file is deleted once every block it contributes to is done, so the folder
+holds the frontier of the run, not the volume. It is not a zarr node: zarr and OME-Zarr
+readers never see it, and it is removed when the run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+RUN_DIR = "volden-run"
+Index = tuple[int, int, int]
+
+
+def _name(index: Iterable[int]) -> str:
+    return ".".join(str(int(i)) for i in index)
+
+
+def _index(name: str) -> Index:
+    z, y, x = (int(v) for v in name.split("."))
+    return (z, y, x)
+
+
+class Ledger:
+    """Plan, finished blocks and pending tile pieces of one run into ``output``."""
+
+    def __init__(self, output: str | Path) -> None:
+        self.root = Path(output) / RUN_DIR
+        self.done_dir = self.root / "done"
+        self.tiles_dir = self.root / "tiles"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.root / "plan.json"
+
+    def exists(self) -> bool:
+        return self.plan_file.exists()
+
+    def start(self, plan: dict[str, Any]) -> None:
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self.tiles_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.plan_file, json.dumps(plan, indent=1).encode())
+
+    def plan(self) -> dict[str, Any]:
+        return json.loads(self.plan_file.read_text())
+
+    def mark_done(self, index: Index) -> None:
+        (self.done_dir / _name(index)).touch()
+
+    def is_done(self, index: Index) -> bool:
+        return (self.done_dir / _name(index)).exists()
+
+    def done(self) -> set[Index]:
+        if not self.done_dir.exists():
+            return set()
+        return {_index(p.name) for p in self.done_dir.iterdir()}
+
+    def tile_file(self, index: Index) -> Path:
+        return self.tiles_dir / f"{_name(index)}.npz"
+
+    def save_pieces(self, index: Index, pieces: dict[Index, np.ndarray]) -> None:
+        """Store a tile's weighted prediction, one piece per block it reaches into."""
+        target = self.tile_file(index)
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as f:
+            np.savez(f, **{_name(n): piece for n, piece in pieces.items()})
+        os.replace(partial, target)
+
+    def load_piece(self, index: Index, block: Index) -> np.ndarray:
+        with np.load(self.tile_file(index)) as pieces:
+            return pieces[_name(block)]
+
+    def drop_pieces(self, index: Index) -> None:
+        self.tile_file(index).unlink(missing_ok=True)
+
+    def clear_partial(self) -> None:
+        """Remove what a killed run was half-way through writing."""
+        for partial in self.tiles_dir.glob("*.partial"):
+            partial.unlink()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
