@@ -240,11 +240,13 @@ def apply_model(
     config: ApplyConfig = ApplyConfig(),
     client: Client | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tile_resources: dict[str, float] | None = None,
 ) -> ApplyReport:
     """Denoise ``volume`` into the OME-Zarr ``output``; ``progress(done, total)`` per block.
 
     With ``config.resume`` an unfinished run in ``output`` is continued (its block and halo are
-    kept) and a missing ``output`` is started. A run that fails or is killed leaves ``output``
+    kept) and a missing ``output`` is started. ``tile_resources`` (e.g. ``{"GPU": 1}``) is what
+    each tile task holds on its worker, so one network pass at a time uses a device. A run that fails or is killed leaves ``output``
     marked ``running`` with its ledger, ready to resume.
     """
     start = time.perf_counter()
@@ -278,7 +280,7 @@ def apply_model(
     source = volume.source if volume.source is not None else volume.data
     run = BlockRun(model, source, target, tiling, config.blend, config.device, budget, ledger)
     graph, tile_keys, block_keys, drop_keys = _graph(run, todo)
-    results = _run(graph, tile_keys, block_keys, drop_keys, client, len(done), total, progress)
+    results = _run(graph, tile_keys, block_keys, drop_keys, client, len(done), total, progress, tile_resources)
     ome.finalize_image(output, volume.voxel_size, volume.unit, Path(volume.path).name + " (denoised)", config.ome_version)
     ledger.remove()
     return ApplyReport(
@@ -289,7 +291,7 @@ def apply_model(
 
 def _run(
     graph: dict, tile_keys: list, block_keys: list, drop_keys: list, client: Client | None,
-    done: int, total: int, progress: Callable[[int, int], None] | None,
+    done: int, total: int, progress: Callable[[int, int], None] | None, tile_resources: dict[str, float] | None,
 ) -> dict[str, list[int]]:
     """Compute the graph; report each finished block."""
     if progress:
@@ -299,7 +301,10 @@ def _run(
         if progress:
             progress(total, total)
         return {"tile": list(tiles), "block": list(blocks)}
-    tile_futures, block_futures, drop_futures = client.get(graph, [tile_keys, block_keys, drop_keys], sync=False)
+    resources = {key: tile_resources for key in tile_keys} if tile_resources else None
+    tile_futures, block_futures, drop_futures = client.get(
+        graph, [tile_keys, block_keys, drop_keys], sync=False, resources=resources
+    )
     blocks = []
     for count, future in enumerate(as_completed(block_futures), done + 1):
         blocks.append(future.result())

@@ -38,6 +38,24 @@ class TripleType(click.ParamType):
 
 
 TRIPLE = TripleType()
+
+
+class PairType(click.ParamType):
+    """'MIN:MAX' as two integers."""
+
+    name = "MIN:MAX"
+
+    def convert(self, value, param, ctx) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            low, high = (int(v) for v in str(value).split(":"))
+        except ValueError:
+            self.fail(f"{value!r} is not two integers MIN:MAX", param, ctx)
+        return (low, high)
+
+
+PAIR = PairType()
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
@@ -159,20 +177,35 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
 @click.option("--block", type=TRIPLE, default=None, help="Output block (default: the largest tile the device takes).")
 @click.option("--halo", type=TRIPLE, default=None, help="Halo around each block (default from the network).")
 @click.option("--blend", type=click.Choice(["gaussian", "linear", "crop"]), default="gaussian", show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into OUTPUT (or start it).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def apply(model_path, input, output, array, block, halo, blend, workers, device, dtype, ome_version, resume, overwrite) -> None:
+@click.option("--cluster", default="local", show_default=True, help="local, slurm, or a scheduler address tcp://HOST:PORT.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
+@click.option("--jobs", type=int, default=None, help="SLURM: worker jobs (one worker each; default 1).")
+@click.option("--adapt", type=PAIR, default=None, help="SLURM: MIN:MAX worker jobs, scaled to the work.")
+@click.option("--partition", default=None, help="SLURM partition (default: jobqueue.slurm.queue).")
+@click.option("--account", default=None, help="SLURM account (default: jobqueue.slurm.account).")
+@click.option("--walltime", default=None, help="SLURM job time limit, [D-]HH:MM:SS; workers retire before it.")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=None, help="SLURM: GPUs per worker job.")
+@click.option("--gpu-flag", type=click.Choice(["gres", "gpus"]), default="gres", show_default=True,
+              help="SLURM: ask for GPUs as --gres=gpu:N or --gpus=N.")
+@click.option("--cores", type=click.IntRange(min=1), default=None, help="SLURM: cores per worker job.")
+@click.option("--memory", default=None, help="SLURM: memory per worker job, e.g. 32GB.")
+@click.option("--job-extra", multiple=True, help="SLURM: an extra #SBATCH directive (repeatable).")
+@click.option("--no-tls", is_flag=True, help="SLURM: plain TCP instead of TLS (only on a trusted network).")
+def apply(model_path, input, output, array, block, halo, blend, device, dtype, ome_version, resume, overwrite,
+          cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job, gpu_flag, cores, memory,
+          job_extra, no_tls) -> None:
     """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster.
 
     Finished blocks are recorded in OUTPUT as they are written; after a kill, the same command
     with --resume computes only the rest.
     """
     from .apply import ApplyConfig, apply_model, resumable_plan
-    from .cluster import local_client
+    from .cluster import ClusterConfig, open_client
     from .ledger import Ledger
     from .inference import plan_blocks
     from .model import load_model
@@ -181,6 +214,9 @@ def apply(model_path, input, output, array, block, halo, blend, workers, device,
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
                          overwrite=overwrite, resume=resume, ome_version=ome_version)
+    where = ClusterConfig(cluster=cluster, workers=workers, jobs=jobs, adapt=adapt, partition=partition,
+                          account=account, walltime=walltime, gpus_per_job=gpus_per_job, gpu_flag=gpu_flag,
+                          cores=cores, memory=memory, job_extra=tuple(job_extra), tls=not no_tls)
     model = load_model(model_path)
     volume = open_volume(input, array)
     check_output_path(input, output, overwrite or resume)
@@ -188,9 +224,13 @@ def apply(model_path, input, output, array, block, halo, blend, workers, device,
         resumable_plan(Path(output), Ledger(output))
     if block:
         plan_blocks(model, volume.shape, block, halo)
-    with local_client(workers) as client, block_bar() as show:
+    tile_resources = {"GPU": 1} if gpus_per_job else None
+    with open_client(where) as client, block_bar() as show:
+        if cluster != "local":
+            click.echo(f"scheduler {client.scheduler.address}; dashboard {client.dashboard_link}", err=True)
         try:
-            report = apply_model(model, volume, output, config, client=client, progress=show)
+            report = apply_model(model, volume, output, config, client=client, progress=show,
+                                 tile_resources=tile_resources)
         except Exception as err:
             if not Ledger(output).exists():
                 raise
