@@ -104,13 +104,14 @@ class BlockRun:
 
     def predict(self, index: Index) -> int:
         """Predict one tile and save its pieces; 1 if the network ran, 0 if nothing was left to do."""
-        if self.ledger.tile_file(index).exists() or all(self.ledger.is_done(n) for n in self.reaches(index)):
+        reaches = self.reaches(index)
+        if self.ledger.tile_file(index).exists() or all(self.ledger.is_done(n) for n in reaches):
             return 0
         inside, pad, block_shape = tile_geometry(self.tiling, index)
         region = _read(self.source, inside)
         weighted = predict_tile(self.model, region, pad, block_shape, self.tiling.halo, self.blend, self.device, self.max_voxels)
         tile = self.tiling.tile_range(index)
-        pieces = {n: weighted[intersect(tile, self.tiling.block_range(n))[0]] for n in self.reaches(index)}
+        pieces = {n: weighted[intersect(tile, self.tiling.block_range(n))[0]] for n in reaches}
         self.ledger.save_pieces(index, pieces)
         return 1
 

@@ -232,10 +232,11 @@ def apply(model_path, input, output, array, block, halo, blend, device, dtype, o
             report = apply_model(model, volume, output, config, client=client, progress=show,
                                  tile_resources=tile_resources)
         except Exception as err:
-            if not Ledger(output).exists():
+            ledger = Ledger(output)
+            if not ledger.exists():
                 raise
             raise VoldenError(
-                f"{type(err).__name__}: {err}; {output} is unfinished ({len(Ledger(output).done())} blocks done): "
+                f"{type(err).__name__}: {err}; {output} is unfinished ({len(ledger.done())} blocks done): "
                 "run the same command with --resume to finish it"
             ) from err
     resumed = f", {report.blocks_done_before} were done before" if report.blocks_done_before else ""
