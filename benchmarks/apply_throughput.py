@@ -24,7 +24,7 @@ from volden.inference import plan_blocks, tile_geometry
 from volden.predict import predict_normalised, resolve_device
 from volden.synth import write_synthetic
 from volden.tiling import Tiling
-from volden.volume import open_volume
+from volden.volume import open_image, open_volume
 
 from report import markdown_table, write_section
 from untrained import default_cpu_model
@@ -78,7 +78,7 @@ def main() -> None:
         with local_client(1) as client:
             cluster_s = time.perf_counter() - start
             with get_task_stream(client) as stream:
-                report = apply_model(model, volume, Path(tmp) / "out.zarr", ApplyConfig(), client=client)
+                report = apply_model(model, open_image(path), Path(tmp) / "out.zarr", ApplyConfig(), client=client)
         tile_task_s, block_task_s = task_seconds(stream.data, "volden-tile"), task_seconds(stream.data, "volden-block")
         apply_s = report.seconds
 

@@ -27,7 +27,8 @@ from volden.model import load_model, save_model
 from volden.normalisation import estimate_normalisation
 from volden.synth import synthetic_volume
 from volden.tiling import Tiling
-from volden.volume import Volume, open_volume
+from volden import ome
+from volden.volume import Image, open_image
 
 from cli_helpers import volden_command
 from counting_store import CountingStore
@@ -57,7 +58,7 @@ def _output(path: Path) -> np.ndarray:
 
 def test_out_of_core_run_equals_the_lazy_graph(stored, tmp_path):
     source, model_path = stored
-    model, volume = load_model(model_path), open_volume(source)
+    model, volume = load_model(model_path), open_image(source)
     report = apply_model(model, volume, tmp_path / "out.zarr", ApplyConfig(block=BLOCK, halo=HALO, device="cpu"))
     assert (report.blocks, report.blocks_written, report.tiles_predicted) == (64, 64, 64)
     expected = denoise(volume.data, model, block=BLOCK, halo=HALO, device="cpu").compute()
@@ -117,7 +118,7 @@ def test_sigkilled_run_resumes_with_only_its_unfinished_blocks(stored, tmp_path)
 
 def test_resume_refuses_a_different_model(stored, tmp_path):
     source, model_path = stored
-    volume = open_volume(source)
+    volume = open_image(source)
     output = tmp_path / "out.zarr"
     ledger = Ledger(output)
     model = load_model(model_path)
@@ -139,7 +140,7 @@ def test_resume_refuses_a_different_model(stored, tmp_path):
 
 def test_a_worker_killed_mid_run_changes_nothing(stored, tmp_path):
     source, model_path = stored
-    model, volume = load_model(model_path), open_volume(source)
+    model, volume = load_model(model_path), open_image(source)
     config = ApplyConfig(block=BLOCK, halo=HALO, device="cpu")
     with local_client(2) as client:
         apply_model(model, volume, tmp_path / "undisturbed.zarr", config, client=client)
@@ -167,8 +168,8 @@ def test_each_tile_reads_each_of_its_chunks_once(tmp_path):
     zarr.create_array(str(tmp_path / "raw.zarr"), data=noisy.compute(), chunks=(8, 24, 40))
     store = CountingStore(zarr.storage.LocalStore(str(tmp_path / "raw.zarr"), read_only=True))
     array = zarr.open_array(store=store, mode="r")
-    volume = Volume(da.from_zarr(array), None, None, str(tmp_path / "raw.zarr"), "", source=array)
-    chunks = volume.chunks
+    volume = Image(da.from_zarr(array), ome.ImageMeta(), str(tmp_path / "raw.zarr"), "", source=array, has_scale=False)
+    chunks = tuple(c[0] for c in volume.data.chunks)
     model = make_model()
     apply_model(model, volume, tmp_path / "out.zarr", ApplyConfig(block=BLOCK, halo=HALO, device="cpu"))
     tiling = Tiling(volume.shape, BLOCK, HALO)

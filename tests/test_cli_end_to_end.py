@@ -22,7 +22,7 @@ from cli_helpers import tree_digest, volden_command
 TIMEOUT_S = 300
 SHAPE = (16, 64, 64)
 VOXEL_SIZE = (1.0, 0.5, 0.5)
-COMMANDS = ("synth", "train", "apply", "info", "demo")
+COMMANDS = ("synth", "ingest", "train", "apply", "info", "preview", "demo")
 
 
 def volden_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -152,11 +152,14 @@ def test_version(info_runs) -> None:
 
 
 HELP_MENTIONS = {
-    "help": ("Usage:", "synth", "train", "apply", "info", "demo"),
+    "help": ("Usage:", *COMMANDS),
     "synth": ("synth [OPTIONS] OUTPUT", "--shape", "--overwrite"),
-    "train": ("train [OPTIONS] INPUT", "--output", "--steps", "--patch", "--overwrite"),
-    "apply": ("apply [OPTIONS] MODEL INPUT OUTPUT", "--block", "--dtype", "--resume", "--overwrite"),
+    "ingest": ("ingest [OPTIONS] INPUT OUTPUT", "--voxel-size", "--ome-version", "--overwrite"),
+    "train": ("train [OPTIONS] INPUT", "--output", "--steps", "--patch", "--channel", "--timepoint", "--overwrite"),
+    "apply": ("apply [OPTIONS] MODEL INPUT OUTPUT", "--block", "--dtype", "--channel", "--timepoint", "--pyramid",
+              "--resume", "--overwrite"),
     "info": ("info [OPTIONS] PATH", "--array"),
+    "preview": ("preview [OPTIONS] INPUT [DENOISED]", "--output", "--channel"),
     "demo": ("demo [OPTIONS] [FOLDER]", "--minutes"),
 }
 

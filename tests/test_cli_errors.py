@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 import volden
 from cli_helpers import tree_digest, volden_command
 from volden.synth import write_synthetic
+from volden.model import save_channel_index
 from volden.training import train
 
 PARALLEL = 3
@@ -57,6 +59,24 @@ def make_not_zarr(folder: Path, name: str, sources: dict[str, Path]) -> None:
 def make_4d(folder: Path, name: str, sources: dict[str, Path]) -> None:
     array = zarr.create_array(str(folder / name), shape=(2, 8, 32, 32), chunks=(1, 8, 32, 32), dtype="uint16")
     array[:] = np.arange(2 * 8 * 32 * 32, dtype=np.uint16).reshape(2, 8, 32, 32)
+
+
+def make_6d(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    zarr.create_array(str(folder / name), shape=(2, 2, 2, 8, 32, 32), chunks=(1, 1, 1, 8, 32, 32), dtype="uint16")
+
+
+def make_unknown_axes(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["volume"], folder / name)
+    group = zarr.open_group(str(folder / name), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs["ome"]["multiscales"][0]["axes"][0] = {"name": "angle", "type": "space"}
+    group.attrs.update(attrs)
+
+
+def make_channel_models(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).mkdir()
+    shutil.copytree(sources["model"], folder / name / "channel-0")
+    save_channel_index(folder / name, {0: "channel-0"})
 
 
 def make_multi(folder: Path, name: str, sources: dict[str, Path]) -> None:
@@ -95,6 +115,32 @@ def make_complete_output(folder: Path, name: str, sources: dict[str, Path]) -> N
     group.attrs["volden"] = {"status": "complete"}
 
 
+def _write_slices(folder: Path, planes: list[np.ndarray]) -> None:
+    folder.mkdir()
+    for z, plane in enumerate(planes, 1):
+        tifffile.imwrite(folder / f"slice_{z}.tif", plane)
+
+
+def make_slices(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    _write_slices(folder / name, [np.full((32, 32), z, np.uint16) for z in range(3)])
+
+
+def make_mismatched_slices(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    _write_slices(folder / name, [np.zeros((32, 32), np.uint16)] * 2 + [np.zeros((32, 30), np.uint16)])
+
+
+def make_mixed_dtype_slices(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    _write_slices(folder / name, [np.zeros((32, 32), np.uint16), np.zeros((32, 32), np.uint8)])
+
+
+def make_2d_tiff(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    tifffile.imwrite(folder / name, np.zeros((32, 32), np.uint16))
+
+
+def make_text_file(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (folder / name).write_text("not an image\n")
+
+
 # --------------------------------------------------------------------------------------------
 # Cases.
 
@@ -119,14 +165,30 @@ def apply_case(id, input_name, maker, phrases, extra=()) -> Case:
     return Case(id, ("apply", "model", input_name, "out.zarr", *extra), phrases, inputs, ("out.zarr",))
 
 
+def ingest_case(id, input_name, maker, phrases, extra=()) -> Case:
+    inputs = {input_name: maker} if maker else {}
+    return Case(id, ("ingest", input_name, "out.zarr", *extra), phrases, inputs, ("out.zarr",))
+
+
 CASES = [
     # the input volume
     train_case("train-missing-input", "nowhere.zarr", None, ("no such file",)),
     apply_case("apply-missing-input", "nowhere.zarr", None, ("no such file",)),
     train_case("train-not-zarr", "folder", make_not_zarr, ("not a zarr",)),
     apply_case("apply-not-zarr", "folder", make_not_zarr, ("not a zarr",)),
-    train_case("train-4d", "four.zarr", make_4d, ("4D", "--array")),
-    apply_case("apply-4d", "four.zarr", make_4d, ("4D", "--array")),
+    train_case("train-6d", "six.zarr", make_6d, ("6D", "--array")),
+    apply_case("apply-6d", "six.zarr", make_6d, ("6D", "--array")),
+    train_case("train-unknown-axes", "odd.zarr", make_unknown_axes, ("axes (angle, y, x)", "t, c, z, y, x")),
+    apply_case("apply-unknown-axes", "odd.zarr", make_unknown_axes, ("axes (angle, y, x)", "t, c, z, y, x")),
+    train_case("train-channel-out-of-range", "four.zarr", make_4d, ("2 channels (0-1)", "--channel 2 is out of range"),
+               ("--channel", "2")),
+    apply_case("apply-channel-out-of-range", "four.zarr", make_4d, ("2 channels (0-1)", "--channel 5 is out of range"),
+               ("--channel", "0", "--channel", "5")),
+    apply_case("apply-timepoint-out-of-range", "four.zarr", make_4d, ("one timepoint (0)", "--timepoint 1"),
+               ("--timepoint", "1")),
+    Case("apply-channel-models-on-3d", ("apply", "models", "vol.zarr", "out.zarr"),
+         ("holds models for channels 0", "without channels"), {"models": make_channel_models, "vol.zarr": make_volume},
+         ("out.zarr",)),
     train_case("train-group-without-array", "multi.zarr", make_multi, ("--array", "raw", "labels")),
     apply_case("apply-group-without-array", "multi.zarr", make_multi, ("--array", "raw", "labels")),
     # training on data it cannot use
@@ -174,6 +236,22 @@ CASES = [
     Case("apply-model-garbage-json", ("apply", "garbage", "vol.zarr", "out.zarr"), ("not a volden model",),
          {"garbage": make_garbage_model, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("info-missing", ("info", "nowhere.zarr"), ("no such file",)),
+    # ingest
+    ingest_case("ingest-missing-input", "nowhere.tif", None, ("no such file",)),
+    ingest_case("ingest-mismatched-slices", "slices", make_mismatched_slices, ("slice_3.tif", "(32, 30)", "(32, 32)")),
+    ingest_case("ingest-mixed-dtypes", "slices", make_mixed_dtype_slices, ("slice_2.tif", "uint8", "uint16")),
+    ingest_case("ingest-empty-folder", "empty", make_empty_dir, ("no TIFF files",)),
+    ingest_case("ingest-zarr-input", "vol.zarr", make_volume, ("no TIFF files",)),
+    ingest_case("ingest-2d-tiff", "plane.tif", make_2d_tiff, ("2D image", "3D stack")),
+    ingest_case("ingest-not-tiff", "notes.tif", make_text_file, ("as a TIFF file",)),
+    ingest_case("ingest-bad-voxel-size", "slices", make_slices, ("--voxel-size", "positive"), ("--voxel-size", "1,0,1")),
+    ingest_case("ingest-unknown-unit", "slices", make_slices, ("--unit furlong", "micrometer"), ("--unit", "furlong")),
+    Case("ingest-existing-output", ("ingest", "slices", "out.zarr"), ("exists", "--overwrite"),
+         {"slices": make_slices, "out.zarr": make_existing_store}),
+    Case("ingest-output-inside-input", ("ingest", "slices", "slices/out.zarr"), ("inside the input",),
+         {"slices": make_slices}, ("slices/out.zarr",)),
+    Case("ingest-malformed-voxel-size", ("ingest", "slices", "out.zarr", "--voxel-size", "1,2"), ("three numbers",),
+         {"slices": make_slices}, ("out.zarr",), usage_error=True),
     # synth
     Case("synth-existing-output", ("synth", "taken", "--shape", "8,32,32", "--chunks", "8,32,32"),
          ("exists", "--overwrite"), {"taken": make_existing_store}),

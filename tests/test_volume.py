@@ -9,7 +9,7 @@ import zarr
 
 from volden import ome
 from volden.errors import VoldenError
-from volden.volume import open_volume
+from volden.volume import open_image, open_volume
 
 DATA = np.arange(6 * 10 * 12, dtype=np.uint16).reshape(6, 10, 12)
 
@@ -23,7 +23,7 @@ def _array(path, data=DATA, chunks=(3, 5, 6), zarr_format=3):
 def _ome_image(path, version="0.5", voxel_size=(2.0, 0.5, 0.5), unit="micrometer"):
     array = ome.create_image(path, DATA.shape, (3, 5, 6), DATA.dtype, {"model": "test"}, version=version)
     array[:] = DATA
-    ome.finalize_image(path, voxel_size, unit, "denoised", version=version)
+    ome.finalize_image(path, ome.ImageMeta.spatial(voxel_size, unit, "denoised"), version=version)
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -113,12 +113,65 @@ def test_directory_that_is_not_zarr(tmp_path):
         open_volume(folder)
 
 
-def test_4d_array_is_refused_with_a_hint(tmp_path):
-    path = tmp_path / "tczyx.zarr"
-    zarr.create_array(store=str(path), shape=(2, 4, 5, 6), chunks=(1, 4, 5, 6), dtype="u2")
+@pytest.mark.parametrize("shape", [(5, 6), (2, 2, 2, 4, 5, 6)])
+def test_2d_and_6d_arrays_are_refused_with_a_hint(tmp_path, shape):
+    path = tmp_path / "odd.zarr"
+    zarr.create_array(store=str(path), shape=shape, chunks=shape, dtype="u2")
     with pytest.raises(VoldenError) as info:
         open_volume(path)
-    assert "4D" in str(info.value) and "--array" in str(info.value)
+    assert f"{len(shape)}D" in str(info.value) and "--array" in str(info.value)
+
+
+def _multichannel(path, version="0.5", axes=("c", "z", "y", "x")):
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)
+    meta = ome.ImageMeta(axes, (1.0, 2.0, 0.5, 0.5), (None, "micrometer", "micrometer", "micrometer"),
+                         ({"label": "DAPI"}, {"label": "GFP"}), "cells")
+    array = ome.create_image(path, data.shape, (1, 3, 4, 5), data.dtype, {}, version=version, axes=axes)
+    array[:] = data
+    ome.finalize_image(path, meta, version=version)
+    return data
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_multichannel_ome_image_gives_one_volume_per_channel(tmp_path, version):
+    data = _multichannel(tmp_path / "c.zarr", version)
+    image = open_image(tmp_path / "c.zarr")
+    assert image.meta.axes == ("c", "z", "y", "x") and (image.channels, image.timepoints) == (2, 1)
+    assert image.meta.voxel_size == (2.0, 0.5, 0.5) and image.meta.unit == "micrometer"
+    assert [c["label"] for c in image.meta.channels] == ["DAPI", "GFP"]
+    volume = image.volume(0, 1)
+    assert (volume.channel, volume.index, volume.voxel_size) == (1, (1,), (2.0, 0.5, 0.5))
+    np.testing.assert_array_equal(volume.data.compute(), data[1])
+    np.testing.assert_array_equal(volume.source[1:3, :, 2:4], data[1, 1:3, :, 2:4])
+    assert open_volume(tmp_path / "c.zarr", channel=0).shape == (3, 4, 5)
+
+
+def test_multichannel_needs_a_channel_and_one_in_range(tmp_path):
+    _multichannel(tmp_path / "c.zarr")
+    with pytest.raises(VoldenError, match="has 2 channels: pick one with --channel"):
+        open_volume(tmp_path / "c.zarr")
+    with pytest.raises(VoldenError, match=r"has 2 channels \(0-1\): --channel 2 is out of range"):
+        open_image(tmp_path / "c.zarr").select(channels=[2])
+
+
+def test_unknown_ome_axes_are_refused(tmp_path):
+    path = tmp_path / "odd.zarr"
+    _multichannel(path)
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs["ome"]["multiscales"][0]["axes"][0] = {"name": "lambda", "type": "spectral"}
+    group.attrs.update(attrs)
+    with pytest.raises(VoldenError, match=r"axes \(lambda, z, y, x\)"):
+        open_image(path)
+
+
+def test_plain_arrays_take_their_axes_from_dimension_names_or_their_rank(tmp_path):
+    named = zarr.create_array(str(tmp_path / "n.zarr"), shape=(2, 3, 4, 5), chunks=(1, 3, 4, 5), dtype="u2",
+                              dimension_names=["t", "z", "y", "x"])
+    assert open_image(tmp_path / "n.zarr").meta.axes == ("t", "z", "y", "x")
+    assert open_image(tmp_path / "n.zarr").timepoints == 2 and named.ndim == 4
+    zarr.create_array(str(tmp_path / "p.zarr"), shape=(2, 2, 3, 4, 5), chunks=(1, 1, 3, 4, 5), dtype="u2")
+    assert open_image(tmp_path / "p.zarr").meta.axes == ("t", "c", "z", "y", "x")
 
 
 def test_group_without_array_lists_its_arrays(tmp_path):
@@ -149,13 +202,14 @@ def test_array_option_on_an_array(tmp_path):
 
 
 def test_ome_metadata_helpers():
-    attrs = ome.image_attributes("s0", (2.0, 0.5, 0.5), "micrometer", "x", version="0.5")
+    image = ome.ImageMeta.spatial((2.0, 0.5, 0.5), "micrometer", "x")
+    attrs = ome.image_attributes(image, [ome.Level("s0", image.scale)], version="0.5")
     meta = attrs["ome"]["multiscales"]
     assert attrs["ome"]["version"] == "0.5"
     assert ome.level0_path(meta) == "s0"
     assert ome.axis_names(meta) == ("z", "y", "x")
     assert ome.level0_scale(meta) == (2.0, 0.5, 0.5)
-    v04 = ome.image_attributes("0", None, None, "x", version="0.4")
+    v04 = ome.image_attributes(ome.ImageMeta.spatial(None, None, "x"), [ome.Level("0", (1.0, 1.0, 1.0))], version="0.4")
     assert v04["multiscales"][0]["version"] == "0.4"
     assert ome.level0_scale(v04["multiscales"]) == (1.0, 1.0, 1.0)
     # a global scale multiplies the dataset's

@@ -11,14 +11,18 @@ pieces once every block it reaches is done. Dask moves only tiny tokens between 
 Every step is idempotent and recorded, so a worker lost mid-run has its tasks redone elsewhere
 and a killed run resumes (``resume=True``) with only the blocks that were not recorded. The
 output is created with ``status: running`` and declared an OME-Zarr image only when every block
-is in.
+(and the pyramid, if asked for) is in.
+
+An image with time points or channels is denoised one 3D volume at a time, each with its
+channel's model, but all volumes' tasks go into one graph so a cluster works on them together.
+The output keeps the input's axes, scale, units and channels.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,14 +38,17 @@ from ._version import __version__
 from .errors import VoldenError
 from .inference import blend_block, plan_blocks, predict_tile, tile_geometry
 from .ledger import Index, Ledger
-from .model import Model
+from .layout import chunks_within
+from .model import Model, ModelSet
 from .paths import check_output_path
-from .predict import max_voxels_for, resolve_device
+from .predict import default_halo, max_voxels_for, resolve_device
+from .pyramid import write_pyramid
 from .tiling import BLENDS, Blend, Tiling, intersect
-from .volume import Volume
+from .volume import Image, VolumeView
 
 OUTPUT_DTYPES = ("float32", "input")
-PLAN_KEYS = ("input", "array", "shape", "model_sha256", "block", "halo", "blend", "dtype", "ome_version")
+PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "dtype",
+             "ome_version", "pyramid")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class ApplyConfig:
     overwrite: bool = False
     resume: bool = False
     ome_version: str = "0.5"
+    channels: tuple[int, ...] | None = None  # None: all
+    timepoints: tuple[int, ...] | None = None  # None: all
+    pyramid: int = 0  # downsampled levels below level 0
 
     def __post_init__(self) -> None:
         if self.blend not in BLENDS:
@@ -68,6 +78,8 @@ class ApplyConfig:
             raise VoldenError(f"--block {self.block}: every size must be positive")
         if self.halo and min(self.halo) < 0:
             raise VoldenError(f"--halo {self.halo}: sizes cannot be negative")
+        if self.pyramid < 0:
+            raise VoldenError(f"--pyramid {self.pyramid}: the number of levels cannot be negative")
         if self.overwrite and self.resume:
             raise VoldenError("--overwrite and --resume exclude each other: replace OUTPUT or finish it")
 
@@ -77,6 +89,7 @@ class ApplyReport:
     """What one call of :func:`apply_model` did."""
 
     output: Path
+    volumes: int
     blocks: int
     blocks_done_before: int
     blocks_written: int
@@ -156,7 +169,7 @@ def _drop_task(run: BlockRun, index: Index, *blocks_written: int) -> None:
 
 def _graph(run: BlockRun, todo: list[Index]) -> tuple[dict, list, list, list]:
     """Tasks for the blocks in ``todo``: tile keys, block keys, drop keys."""
-    token = dask.base.tokenize(str(run.ledger.root), run.tiling, todo)
+    token = dask.base.tokenize(str(run.ledger.done_dir), run.tiling, todo)
     run_key = f"volden-run-{token}"
     tiles = sorted({n for index in todo for n in run.tiling.neighbours(index)})
     graph: dict = {run_key: run}
@@ -185,20 +198,27 @@ def _block_budget(client: Client | None, device: str, width: int) -> int:
     return min(budgets.values()) if budgets else _worker_budget(device, width)
 
 
-def _plan(model: Model, volume: Volume, config: ApplyConfig, block, halo, max_voxels: int) -> dict[str, Any]:
+def _plan(
+    models: ModelSet, image: Image, config: ApplyConfig, selection: tuple[list[int], list[int]], block, halo,
+    max_voxels: int,
+) -> dict[str, Any]:
     """What a resume must match (``PLAN_KEYS``), and the forward-pass size every tile keeps to,
     so that a tile gives the same bytes on any worker and in any run."""
-    dtype = str(volume.data.dtype) if config.dtype == "input" else "float32"
+    channels, timepoints = selection
+    dtype = str(image.data.dtype) if config.dtype == "input" else "float32"
     return {
-        "input": str(Path(volume.path).resolve()),
-        "array": volume.array_path,
-        "shape": list(volume.shape),
-        "model_sha256": model.digest,
+        "input": str(Path(image.path).resolve()),
+        "array": image.array_path,
+        "shape": list(image.shape),
+        "channels": channels,
+        "timepoints": timepoints,
+        "model_sha256": models.digest([c if "c" in image.meta.axes else None for c in channels]),
         "block": list(block),
         "halo": list(halo),
         "blend": config.blend,
         "dtype": dtype,
         "ome_version": config.ome_version,
+        "pyramid": config.pyramid,
         "max_voxels": max_voxels,
     }
 
@@ -234,26 +254,51 @@ def _check_same_run(previous: dict[str, Any], wanted: dict[str, Any], output: Pa
             )
 
 
+def _plan_blocks(
+    models: list[Model], shape: tuple[int, int, int], block, halo, budget: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """One block and halo for every volume: the widest reach of the channels' networks."""
+    if halo is None:
+        reach = [default_halo(m) for m in models]
+        halo = tuple(max(h[a] for h in reach) for a in range(3))
+    block, halo = plan_blocks(models[0], shape, block, halo, budget)
+    for model in models[1:]:
+        plan_blocks(model, shape, block, halo)
+    return block, halo
+
+
+def output_shape(image: Image, selection: tuple[list[int], list[int]]) -> tuple[int, ...]:
+    """The input's shape with only the selected channels and time points."""
+    channels, timepoints = selection
+    sizes = {"t": len(timepoints), "c": len(channels)}
+    return tuple(sizes.get(axis, n) for axis, n in zip(image.meta.axes, image.shape))
+
+
 def apply_model(
-    model: Model,
-    volume: Volume,
+    model: Model | ModelSet,
+    image: Image,
     output: str | Path,
     config: ApplyConfig = ApplyConfig(),
     client: Client | None = None,
     progress: Callable[[int, int], None] | None = None,
     tile_resources: dict[str, float] | None = None,
 ) -> ApplyReport:
-    """Denoise ``volume`` into the OME-Zarr ``output``; ``progress(done, total)`` per block.
+    """Denoise ``image`` into the OME-Zarr ``output``; ``progress(done, total)`` per block.
 
-    With ``config.resume`` an unfinished run in ``output`` is continued (its block and halo are
-    kept) and a missing ``output`` is started. ``tile_resources`` (e.g. ``{"GPU": 1}``) is what
-    each tile task holds on its worker, so one network pass at a time uses a device. A run that fails or is killed leaves ``output``
+    Every selected time point and channel (``config.channels``/``timepoints``, default all) is
+    denoised with its channel's model. With ``config.resume`` an unfinished run in ``output``
+    is continued (its block and halo are kept) and a missing ``output`` is started.
+    ``tile_resources`` (e.g. ``{"GPU": 1}``) is what each tile task holds on its worker, so one
+    network pass at a time uses a device. A run that fails or is killed leaves ``output``
     marked ``running`` with its ledger, ready to resume.
     """
     start = time.perf_counter()
-    output = Path(output)
+    models, output = ModelSet.of(model), Path(output)
     ledger = Ledger(output)
-    check_output_path(volume.path, output, config.overwrite or config.resume)
+    check_output_path(image.path, output, config.overwrite or config.resume)
+    selection = image.select(config.channels, config.timepoints)
+    volumes = [image.volume(t, c) for t in selection[1] for c in selection[0]]
+    volume_models = [models.for_channel(v.channel) for v in volumes]
     previous = resumable_plan(output, ledger) if config.resume else None
     block, halo = config.block, config.halo
     if previous is not None:
@@ -261,33 +306,51 @@ def apply_model(
         halo = halo or tuple(previous["halo"])
         budget = int(previous["max_voxels"])
     else:
-        budget = _block_budget(client, config.device, model.config.width)
-    block, halo = plan_blocks(model, volume.shape, block, halo, budget)
-    plan = _plan(model, volume, config, block, halo, budget)
-    tiling = Tiling(volume.shape, block, halo)
+        budget = _block_budget(client, config.device, max(m.config.width for m in volume_models))
+    shape = volumes[0].shape
+    block, halo = _plan_blocks(volume_models, shape, block, halo, budget)
+    plan = _plan(models, image, config, selection, block, halo, budget)
+    tiling = Tiling(shape, block, halo)
+    lead = image.data.ndim - 3
     if previous is not None:
         _check_same_run(previous, plan, output, config)
         target = zarr.open_array(str(output / "0"), mode="r+")
-        ledger.clear_partial()
     else:
         if config.overwrite and output.exists():
             shutil.rmtree(output)
-        attrs = {"version": __version__, **plan, "input": str(volume.path), "model": model.path}
-        target = ome.create_image(output, volume.shape, block, np.dtype(plan["dtype"]), attrs, config.ome_version)
+        attrs = {"version": __version__, **plan, "input": str(image.path), "model": models.path}
+        target = ome.create_image(
+            output, output_shape(image, selection), (1,) * lead + chunks_within(block), np.dtype(plan["dtype"]),
+            attrs, config.ome_version, axes=image.meta.axes, shards=(1,) * lead + tuple(block),
+        )
         ledger.start(plan)
-    done = ledger.done()
-    todo = [index for index in tiling.blocks() if index not in done]
-    total = int(np.prod(tiling.grid))
-    source = volume.source if volume.source is not None else volume.data
-    run = BlockRun(model, source, target, tiling, config.blend, config.device, budget, ledger)
-    graph, tile_keys, block_keys, drop_keys = _graph(run, todo)
-    results = _run(graph, tile_keys, block_keys, drop_keys, client, len(done), total, progress, tile_resources)
-    ome.finalize_image(output, volume.voxel_size, volume.unit, Path(volume.path).name + " (denoised)", config.ome_version)
+    runs = [
+        BlockRun(volume_model, volume.source, VolumeView(target, _output_index(image, selection, position)), tiling,
+                 config.blend, config.device, budget, ledger.part(".".join(map(str, volume.index))) if lead else ledger)
+        for position, (volume, volume_model) in enumerate(zip(volumes, volume_models))
+    ]
+    for run in runs:
+        run.ledger.clear_partial()
+    done = sum(len(run.ledger.done()) for run in runs)
+    total = int(np.prod(tiling.grid)) * len(runs)
+    graphs = [_graph(run, [i for i in tiling.blocks() if not run.ledger.is_done(i)]) for run in runs]
+    graph = {key: task for g in graphs for key, task in g[0].items()}
+    keys = [[key for g in graphs for key in g[k]] for k in (1, 2, 3)]
+    results = _run(graph, *keys, client, done, total, progress, tile_resources)
+    meta = replace(image.meta.select_channels(selection[0]), name=Path(image.path).name + " (denoised)")
+    levels = write_pyramid(output, meta, config.pyramid, client)
+    ome.finalize_image(output, meta, config.ome_version, levels)
     ledger.remove()
     return ApplyReport(
-        output=output, blocks=total, blocks_done_before=len(done), blocks_written=sum(results["block"]),
+        output=output, volumes=len(runs), blocks=total, blocks_done_before=done, blocks_written=sum(results["block"]),
         tiles_predicted=sum(results["tile"]), block=block, halo=halo, seconds=time.perf_counter() - start,
     )
+
+
+def _output_index(image: Image, selection: tuple[list[int], list[int]], position: int) -> tuple[int, ...]:
+    """Where the ``position``-th selected volume (time-major) sits in the output's leading axes."""
+    t, c = divmod(position, len(selection[0]))
+    return image.volume_index(t, c)
 
 
 def _run(

@@ -21,23 +21,27 @@ Triple = tuple[int, int, int]
 
 
 class TripleType(click.ParamType):
-    """'Z,Y,X' as three integers."""
+    """'Z,Y,X' as three integers (or three of another ``number`` type)."""
 
     name = "Z,Y,X"
+
+    def __init__(self, number: type = int, noun: str = "integers") -> None:
+        self.number, self.noun = number, noun
 
     def convert(self, value, param, ctx) -> Triple:
         if isinstance(value, tuple):
             return value
         try:
-            parts = tuple(int(v) for v in str(value).split(","))
+            parts = tuple(self.number(v) for v in str(value).split(","))
         except ValueError:
             parts = ()
         if len(parts) != 3:
-            self.fail(f"{value!r} is not three integers Z,Y,X", param, ctx)
+            self.fail(f"{value!r} is not three {self.noun} Z,Y,X", param, ctx)
         return parts  # type: ignore[return-value]
 
 
 TRIPLE = TripleType()
+FLOAT_TRIPLE = TripleType(float, "numbers")
 
 
 class PairType(click.ParamType):
@@ -66,9 +70,11 @@ def training_bar() -> Iterator[Callable[[dict], None]]:
     bars: list[tqdm] = []
 
     def show(state: dict) -> None:
-        if not bars:
+        if bars and state["step"] < bars[-1].n:  # the next model of a multichannel run
+            bars[-1].close()
+        if not bars or bars[-1].disable:
             bars.append(tqdm(total=state["steps"], unit="step", dynamic_ncols=True, file=sys.stderr))
-        bar = bars[0]
+        bar = bars[-1]
         bar.n = state["step"]
         bar.set_postfix(loss=f"{state['loss']:.4f}", vox_s=f"{state['voxels_per_s']:.3g}",
                         elapsed=f"{state['elapsed']:.0f}s", refresh=False)
@@ -82,13 +88,14 @@ def training_bar() -> Iterator[Callable[[dict], None]]:
 
 
 @contextmanager
-def block_bar() -> Iterator[Callable[[int, int], None]]:
-    """A progress callback for apply, drawn on the first report like :func:`training_bar`."""
+def block_bar(unit: str = "block") -> Iterator[Callable[[int, int], None]]:
+    """A progress callback counting blocks (or ``unit``s), drawn on the first report like
+    :func:`training_bar`."""
     bars: list[tqdm] = []
 
     def show(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, unit="block", dynamic_ncols=True, file=sys.stderr))
+            bars.append(tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr))
         bars[0].update(done - bars[0].n)
 
     try:
@@ -125,6 +132,10 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 @click.argument("input", type=click.Path())
 @click.option("-o", "--output", "model_path", required=True, type=click.Path(), help="Model folder to write.")
 @click.option("--array", default=None, help="Array (or image group) inside INPUT.")
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Train on this channel only (default: one model per channel).")
+@click.option("--timepoint", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The time point to train on.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after this much time (default 10 when --steps is not given).")
@@ -140,33 +151,44 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
               help="Memory for the regions the patches are drawn from.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
-def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, depth, width, device, seed, cache_mb,
-          resume, overwrite) -> None:
-    """Train a Noise2Self denoiser on INPUT (no clean data needed)."""
-    from .model import CONFIG_FILE
+def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, fill, depth, width, device,
+          seed, cache_mb, resume, overwrite) -> None:
+    """Train a Noise2Self denoiser on INPUT (no clean data needed).
+
+    A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
+    unless --channel picks one.
+    """
+    from .model import CHANNELS_FILE, CONFIG_FILE
     from .paths import check_output_path
-    from .training import CHECKPOINT_DIR, TrainConfig
+    from .training import TrainConfig, has_checkpoint, train_channels
     from .training import train as run_training
-    from .volume import open_volume
+    from .volume import open_image
 
     config = TrainConfig(patch=patch, batch=batch, grid=grid, fill=fill, steps=steps, minutes=minutes,
                          depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb)
-    volume = open_volume(input, array)
+    image = open_image(input, array)
+    each_channel = channel is None and image.channels > 1
+    volume = image.volume(timepoint, channel or 0)
     target = Path(model_path)
     check_output_path(input, target, overwrite=True)
-    if resume and not (target / CHECKPOINT_DIR).exists():
+    if resume and not has_checkpoint(target):
         raise VoldenError(f"{model_path} has no checkpoint to resume from")
     if not resume and target.exists():
         if not overwrite:
             raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
-        if not ((target / CONFIG_FILE).exists() or (target / CHECKPOINT_DIR).exists()):
+        if not ((target / CONFIG_FILE).exists() or (target / CHANNELS_FILE).exists() or has_checkpoint(target)):
             raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
         shutil.rmtree(target)
     with training_bar() as show:
-        model = run_training(volume, target, config, resume=resume, progress=show)
-    last = model.history[-1] if model.history else {}
-    click.echo(f"saved {target} (best validation loss {model.training['best_val_loss']:.5f} "
-               f"after {last.get('step', 0)} steps; loss curve in {target / 'loss.png'})")
+        if each_channel:
+            announce = lambda line: click.echo(line, err=True)  # noqa: E731
+            trained = list(train_channels(image, target, config, timepoint, resume, show, announce).models.values())
+        else:
+            trained = [run_training(volume, target, config, resume=resume, progress=show)]
+    for model in trained:
+        last = model.history[-1] if model.history else {}
+        click.echo(f"saved {model.path} (best validation loss {model.training['best_val_loss']:.5f} "
+                   f"after {last.get('step', 0)} steps; loss curve in {Path(str(model.path)) / 'loss.png'})")
 
 
 @cli.command()
@@ -180,6 +202,12 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
+@click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
+              help="Denoise only this channel (repeatable; default all).")
+@click.option("--timepoint", "timepoints", type=click.IntRange(min=0), multiple=True,
+              help="Denoise only this time point (repeatable; default all).")
+@click.option("--pyramid", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Downsampled levels to add for viewers (y and x halved each level; z once no coarser).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into OUTPUT (or start it).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--cluster", default="local", show_default=True, help="local, slurm, or a scheduler address tcp://HOST:PORT.")
@@ -196,54 +224,87 @@ def train(input, model_path, array, steps, minutes, patch, batch, grid, fill, de
 @click.option("--memory", default=None, help="SLURM: memory per worker job, e.g. 32GB.")
 @click.option("--job-extra", multiple=True, help="SLURM: an extra #SBATCH directive (repeatable).")
 @click.option("--no-tls", is_flag=True, help="SLURM: plain TCP instead of TLS (only on a trusted network).")
-def apply(model_path, input, output, array, block, halo, blend, device, dtype, ome_version, resume, overwrite,
-          cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job, gpu_flag, cores, memory,
-          job_extra, no_tls) -> None:
+def apply(model_path, input, output, array, block, halo, blend, device, dtype, ome_version, channels, timepoints,
+          pyramid, resume, overwrite, cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job,
+          gpu_flag, cores, memory, job_extra, no_tls) -> None:
     """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster.
 
-    Finished blocks are recorded in OUTPUT as they are written; after a kill, the same command
-    with --resume computes only the rest.
+    An image with time points or channels is denoised one 3D volume at a time, each channel
+    with its own model when MODEL holds one per channel. Finished blocks are recorded in OUTPUT
+    as they are written; after a kill, the same command with --resume computes only the rest.
     """
     from .apply import ApplyConfig, apply_model, resumable_plan
     from .cluster import ClusterConfig, open_client
     from .ledger import Ledger
     from .inference import plan_blocks
-    from .model import load_model
+    from .model import load_models
     from .paths import check_output_path
-    from .volume import open_volume
+    from .volume import open_image
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
-                         overwrite=overwrite, resume=resume, ome_version=ome_version)
+                         overwrite=overwrite, resume=resume, ome_version=ome_version,
+                         channels=channels or None, timepoints=timepoints or None, pyramid=pyramid)
     where = ClusterConfig(cluster=cluster, workers=workers, jobs=jobs, adapt=adapt, partition=partition,
                           account=account, walltime=walltime, gpus_per_job=gpus_per_job, gpu_flag=gpu_flag,
                           cores=cores, memory=memory, job_extra=tuple(job_extra), tls=not no_tls)
-    model = load_model(model_path)
-    volume = open_volume(input, array)
+    models = load_models(model_path)
+    image = open_image(input, array)
+    picked, picked_timepoints = image.select(config.channels, config.timepoints)
+    volumes = [image.volume(picked_timepoints[0], channel) for channel in picked]
+    for volume in volumes:
+        model = models.for_channel(volume.channel)
+        if block:
+            plan_blocks(model, volume.shape, block, halo)
     check_output_path(input, output, overwrite or resume)
     if resume:
         resumable_plan(Path(output), Ledger(output))
-    if block:
-        plan_blocks(model, volume.shape, block, halo)
     tile_resources = {"GPU": 1} if gpus_per_job else None
     with open_client(where) as client, block_bar() as show:
         if cluster != "local":
             click.echo(f"scheduler {client.scheduler.address}; dashboard {client.dashboard_link}", err=True)
         try:
-            report = apply_model(model, volume, output, config, client=client, progress=show,
+            report = apply_model(models, image, output, config, client=client, progress=show,
                                  tile_resources=tile_resources)
         except Exception as err:
             ledger = Ledger(output)
             if not ledger.exists():
                 raise
             raise VoldenError(
-                f"{type(err).__name__}: {err}; {output} is unfinished ({len(ledger.done())} blocks done): "
+                f"{type(err).__name__}: {err}; {output} is unfinished ({ledger.done_count()} blocks done): "
                 "run the same command with --resume to finish it"
             ) from err
     resumed = f", {report.blocks_done_before} were done before" if report.blocks_done_before else ""
-    voxels = volume.data.size * report.blocks_written / report.blocks
+    voxels = volume.data.size * report.volumes * report.blocks_written / report.blocks
+    volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
     click.echo(
-        f"wrote {output}: {report.blocks_written} of {report.blocks} blocks of {','.join(map(str, report.block))} "
+        f"wrote {output}: {report.blocks_written} of {report.blocks} blocks{volumes} of {','.join(map(str, report.block))} "
         f"(halo {','.join(map(str, report.halo))}){resumed}; {voxels / report.seconds:.3g} voxels/s ({report.seconds:.1f} s)"
+    )
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--voxel-size", type=FLOAT_TRIPLE, default=None, help="Voxel size Z,Y,X (default: from the TIFF metadata).")
+@click.option("--unit", default=None, help="Unit of the voxel size, e.g. micrometer (default: the TIFF metadata's).")
+@click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def ingest(input, output, voxel_size, unit, ome_version, overwrite) -> None:
+    """Convert a TIFF / OME-TIFF stack or a folder of 2D TIFF slices into an OME-Zarr image,
+    one plane at a time (never the whole stack in memory)."""
+    from .ingest import ingest_tiff
+
+    with block_bar("plane") as show:
+        done = ingest_tiff(input, output, voxel_size=voxel_size, unit=unit, ome_version=ome_version,
+                           overwrite=overwrite, progress=show)
+    source, meta = done.source, done.meta
+    shards = f" in shards of {','.join(map(str, done.shards))}" if done.shards else ""
+    files = f"{len(source.files)} file{'s' if len(source.files) > 1 else ''}"
+    click.echo(
+        f"wrote {output}: {'x'.join(map(str, source.shape))} ({','.join(source.axes)}) {source.dtype}, voxel size "
+        f"{','.join(f'{v:g}' for v in meta.voxel_size)}{' ' + meta.unit if meta.unit else ''} ({done.voxel_note}), "
+        f"chunks {','.join(map(str, done.chunks))}{shards}; {source.planes} planes from {files} in "
+        f"{done.seconds:.1f} s ({source.nbytes / 1e6 / done.seconds:.3g} MB/s)"
     )
 
 
@@ -257,6 +318,27 @@ def info(path, array) -> None:
 
     for line in describe(path, array):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.argument("denoised", type=click.Path(), required=False)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Image to write (e.g. view.png).")
+@click.option("--at", type=TRIPLE, default=None, help="Point the slices go through (default: the centre).")
+@click.option("--array", default=None, help="Array (or image group) inside INPUT.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of a multichannel image.")
+@click.option("--timepoint", type=click.IntRange(min=0), default=None, help="Time point of a time series.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def preview(input, denoised, output, at, array, channel, timepoint, overwrite) -> None:
+    """Orthogonal slices (xy, xz, yz) of INPUT and, below them, of DENOISED, in one contrast."""
+    from .preview import PERCENTILES, save_preview
+
+    shown = save_preview(input, output, denoised, array=array, channel=channel, timepoint=timepoint, at=at,
+                         overwrite=overwrite)
+    low, high = shown.display_range
+    click.echo(f"display range {low:.6g} to {high:.6g} for every row "
+               f"(the {PERCENTILES[0]:g}-{PERCENTILES[1]:g} percentiles of the slices of {shown.range_from})")
+    click.echo(f"wrote {output}: xy, xz, yz through z,y,x = {','.join(map(str, shown.at))}")
 
 
 @cli.command()

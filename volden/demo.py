@@ -13,7 +13,7 @@ from .cluster import local_client
 from .metrics import psnr
 from .synth import VOXEL_SIZE, write_synthetic
 from .training import TrainConfig, train
-from .volume import open_volume
+from .volume import open_image, open_volume
 
 
 def gaussian(noisy: np.ndarray, sigma: float) -> np.ndarray:
@@ -66,7 +66,7 @@ def run_demo(
     model = train(volume, model_path, TrainConfig(minutes=minutes), progress=progress)
     echo(f"3/4 denoising on a local Dask cluster -> {output}")
     with local_client() as client:
-        apply_model(model, volume, output, ApplyConfig(overwrite=True), client=client)
+        apply_model(model, open_image(data), output, ApplyConfig(overwrite=True), client=client)
     echo("4/4 scoring against the clean volume")
     noisy = volume.data.compute()
     clean = open_volume(data, "clean").data.compute()

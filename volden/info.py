@@ -12,34 +12,42 @@ import numpy as np
 import zarr
 
 from .ledger import Ledger
-from .model import CONFIG_FILE, load_model
+from .model import CHANNELS_FILE, CONFIG_FILE, load_model, load_models
 from .tiling import Tiling
-from .volume import Volume, open_volume
+from .volume import Image, open_image
 
 
 def describe(path: str | Path, array: str | None = None) -> list[str]:
-    """Lines describing ``path``: a model folder, a volden output or any 3D zarr volume."""
+    """Lines describing ``path``: a model folder, a volden output or any zarr image."""
     path = Path(path)
     if (path / CONFIG_FILE).exists():
         return _describe_model(path)
+    if (path / CHANNELS_FILE).exists():
+        return [line for model in load_models(path).models.values() for line in _describe_model(Path(str(model.path)))]
     run = _volden_attrs(path)
     unfinished = run is not None and run.get("status") != "complete"
-    volume = open_volume(path, array or ("0" if unfinished else None))
-    lines = _describe_volume(volume)
+    image = open_image(path, array or ("0" if unfinished else None))
+    lines = _describe_image(image)
     if run is not None:
         lines += _describe_run(path, run)
     return lines
 
 
-def _describe_volume(volume: Volume) -> list[str]:
-    voxel = "unknown" if volume.voxel_size is None else " x ".join(f"{v:g}" for v in volume.voxel_size)
-    nbytes = volume.data.size * volume.data.dtype.itemsize
-    return [
-        f"path        {volume.path}" + (f" (array {volume.array_path})" if volume.array_path else ""),
-        f"shape       {' x '.join(map(str, volume.shape))} (z, y, x), {volume.data.dtype}, {nbytes / 2**30:.3g} GiB",
-        f"chunks      {' x '.join(map(str, volume.chunks))}",
-        f"voxel size  {voxel}" + (f" {volume.unit}" if volume.unit and volume.voxel_size else ""),
+def _describe_image(image: Image) -> list[str]:
+    meta = image.meta
+    voxel = " x ".join(f"{v:g}" for v in meta.voxel_size) + (f" {meta.unit}" if meta.unit else "")
+    nbytes = image.data.size * image.data.dtype.itemsize
+    lines = [
+        f"path        {image.path}" + (f" (array {image.array_path})" if image.array_path else ""),
+        f"shape       {' x '.join(map(str, image.shape))} ({', '.join(meta.axes)}), {image.data.dtype}, {nbytes / 2**30:.3g} GiB",
+        f"chunks      {' x '.join(str(c[0]) for c in image.data.chunks)}",
+        f"voxel size  {voxel if image.has_scale else 'unknown'}",
     ]
+    if meta.channels:
+        lines.append("channels    " + ", ".join(str(c.get("label", i)) for i, c in enumerate(meta.channels)))
+    if image.levels > 1:
+        lines.append(f"pyramid     {image.levels} levels")
+    return lines
 
 
 def _volden_attrs(path: Path) -> dict | None:
@@ -54,20 +62,28 @@ def _volden_attrs(path: Path) -> dict | None:
 
 
 def _describe_run(path: Path, run: dict) -> list[str]:
-    total = int(np.prod(Tiling(tuple(run["shape"]), tuple(run["block"]), tuple(run["halo"])).grid))
+    volumes = len(run.get("channels", [0])) * len(run.get("timepoints", [0]))
+    total = volumes * int(np.prod(Tiling(tuple(run["shape"][-3:]), tuple(run["block"]), tuple(run["halo"])).grid))
     if run.get("status") == "complete":
         progress = f"complete ({total}/{total} blocks)"
     else:
         ledger = Ledger(path)
-        done = len(ledger.done()) if ledger.exists() else 0
+        done = ledger.done_count() if ledger.exists() else 0
         progress = f"UNFINISHED: {done}/{total} blocks done; finish it with volden apply ... --resume"
     return [
         f"volden run  {progress}",
         f"made from   {run.get('input')}" + (f" (array {run['array']})" if run.get("array") else ""),
-        f"model       {run.get('model')} (sha256 {str(run.get('model_sha256'))[:12]})",
+        f"model       {run.get('model')} ({_digests(run.get('model_sha256'))})",
         f"settings    block {run.get('block')}, halo {run.get('halo')}, blend {run.get('blend')}, "
         f"dtype {run.get('dtype')}, volden {run.get('version')}",
     ]
+
+
+def _digests(found: str | dict[str, str] | None) -> str:
+    """The model's sha256, or each channel's, shortened."""
+    if isinstance(found, dict):
+        return ", ".join(f"channel {c} sha256 {d[:12]}" for c, d in found.items())
+    return f"sha256 {str(found)[:12]}"
 
 
 def _describe_model(path: Path) -> list[str]:

@@ -5,8 +5,9 @@ empty marker per finished block (``done/Z.Y.X``, created only after the block's 
 written) and the weighted tile predictions that neighbouring blocks still need
 (``tiles/Z.Y.X.npz``, written under a temporary name and renamed, so a file that exists is
 whole). A tile's file is deleted once every block it contributes to is done, so the folder
-holds the frontier of the run, not the volume. It is not a zarr node: zarr and OME-Zarr
-readers never see it, and it is removed when the run completes.
+holds the frontier of the run, not the volume. An image of several volumes (time points,
+channels) keeps one such record per volume under ``parts/T.C/``. It is not a zarr node: zarr
+and OME-Zarr readers never see it, and it is removed when the run completes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ def _index(name: str) -> Index:
 
 
 class Ledger:
-    """Plan, finished blocks and pending tile pieces of one run into ``output``."""
+    """Plan, finished blocks and pending tile pieces of one run into ``output``; ``part``
+    names one volume of a multi-volume image."""
 
-    def __init__(self, output: str | Path) -> None:
-        self.root = Path(output) / RUN_DIR
-        self.done_dir = self.root / "done"
-        self.tiles_dir = self.root / "tiles"
+    def __init__(self, output: str | Path, part: str = "") -> None:
+        self.output, self.part_name = Path(output), part
+        self.root = self.output / RUN_DIR
+        work = self.root / "parts" / part if part else self.root
+        self.done_dir = work / "done"
+        self.tiles_dir = work / "tiles"
 
     @property
     def plan_file(self) -> Path:
@@ -54,6 +58,17 @@ class Ledger:
 
     def plan(self) -> dict[str, Any]:
         return json.loads(self.plan_file.read_text())
+
+    def part(self, name: str) -> "Ledger":
+        """The record of one volume of the run, ready to be written."""
+        part = Ledger(self.output, name)
+        part.done_dir.mkdir(parents=True, exist_ok=True)
+        part.tiles_dir.mkdir(parents=True, exist_ok=True)
+        return part
+
+    def done_count(self) -> int:
+        """Finished blocks of every volume of the run."""
+        return sum(1 for _ in self.root.glob("done/*")) + sum(1 for _ in self.root.glob("parts/*/done/*"))
 
     def mark_done(self, index: Index) -> None:
         (self.done_dir / _name(index)).touch()

@@ -1,7 +1,8 @@
 """A trained denoiser on disk: weights in safetensors plus JSON, loadable without running code.
 
 A model is a folder: ``model.json`` (architecture, normalisation, masking, training summary,
-history, volden version) and ``weights.safetensors``; ``loss.png`` sits beside them.
+history, volden version) and ``weights.safetensors``; ``loss.png`` sits beside them. A model of
+a multichannel image is a folder of such folders, one per channel, named in ``channels.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .unet import UNet3D, UNetConfig
 FORMAT = "volden-model"
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+CHANNELS_FILE = "channels.json"
+CHANNELS_FORMAT = "volden-channel-models"
 
 
 @dataclass
@@ -123,3 +126,58 @@ def load_model(path: str | Path) -> Model:
         history=meta.get("history", []),
         path=str(folder),
     )
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The model for each channel: one shared by all (``models[None]``) or one per channel."""
+
+    models: dict[int | None, Model]
+    path: str | None = None
+
+    @classmethod
+    def of(cls, model: "Model | ModelSet") -> "ModelSet":
+        return model if isinstance(model, ModelSet) else cls({None: model}, model.path)
+
+    @property
+    def per_channel(self) -> bool:
+        return None not in self.models
+
+    def for_channel(self, channel: int | None) -> Model:
+        if not self.per_channel:
+            return self.models[None]
+        if channel not in self.models:
+            held = ", ".join(str(c) for c in sorted(self.models))  # type: ignore[type-var]
+            what = "an image without channels" if channel is None else f"channel {channel}"
+            raise VoldenError(f"{self.path} holds models for channels {held}, not for {what}")
+        return self.models[channel]
+
+    def digest(self, channels: list[int | None]) -> str | dict[str, str]:
+        """SHA-256 of the weights used: one for a shared model, one per channel otherwise."""
+        if not self.per_channel:
+            return self.models[None].digest
+        return {str(c): self.for_channel(c).digest for c in channels}
+
+
+def save_channel_index(folder: str | Path, channels: dict[int, str]) -> None:
+    """Name the per-channel model folders inside ``folder`` (written last, like model.json)."""
+    index = {"format": CHANNELS_FORMAT, "volden_version": __version__, "channels": {str(c): p for c, p in channels.items()}}
+    tmp = Path(folder) / (CHANNELS_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    tmp.replace(Path(folder) / CHANNELS_FILE)
+
+
+def load_models(path: str | Path) -> ModelSet:
+    """A model folder, or a folder of one model per channel written by ``volden train``."""
+    folder = Path(path)
+    index_file = folder / CHANNELS_FILE
+    if not index_file.exists():
+        return ModelSet.of(load_model(folder))
+    try:
+        index = json.loads(index_file.read_text())
+        if index.get("format") != CHANNELS_FORMAT:
+            raise ValueError("wrong format tag")
+        channels = {int(c): str(p) for c, p in index["channels"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise VoldenError(f"{folder} is not a volden model ({err})") from None
+    return ModelSet({c: load_model(folder / p) for c, p in channels.items()}, str(folder))

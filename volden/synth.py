@@ -189,5 +189,6 @@ def write_synthetic(
     group = zarr.open_group(str(output), mode="r+")
     clean_target = group.create_array("clean", shape=shape, chunks=chunks, dtype=np.float32, dimension_names=list(ome.SPATIAL_AXES))
     da.store([noisy, clean], [target, clean_target], lock=False)
-    ome.finalize_image(output, VOXEL_SIZE, "micrometer", f"synthetic {kind}", dataset_path="noisy")
+    meta = ome.ImageMeta.spatial(VOXEL_SIZE, "micrometer", f"synthetic {kind}")
+    ome.finalize_image(output, meta, levels=[ome.Level("noisy", meta.scale)])
     return output

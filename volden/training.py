@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from .errors import VoldenError
 from .masking import FILL_MODES, apply_mask, masked_mse, phase_mask, random_phase_masks
-from .model import Model, save_model
+from .model import Model, ModelSet, save_channel_index, save_model
 from .normalisation import estimate_normalisation
 from .paths import check_output_path
 from .predict import autocast, resolve_device
 from .sampler import PatchSampler
 from .streams import MASKS, torch_stream
 from .unet import UNet3D, UNetConfig, plan_pools
-from .volume import Volume
+from .volume import Image, Volume
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -292,6 +292,7 @@ def train(
         **{k: v for k, v in asdict(config).items()},
         "input": volume.path,
         "array": volume.array_path,
+        "volume_index": list(volume.index),
         "voxel_size": volume.voxel_size,
         "steps_done": step,
         "seconds": round(time.perf_counter() - start, 1),
@@ -301,3 +302,42 @@ def train(
     save_model(model, output)
     plot_history(state["history"], output / "loss.png")
     return model
+
+
+CHANNEL_PREFIX = "channel-"
+
+
+def channel_folder(channel: int) -> str:
+    return f"{CHANNEL_PREFIX}{channel}"
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    """Whether ``output`` holds a checkpoint to resume: its own, or one of a channel's."""
+    output = Path(output)
+    return (output / CHECKPOINT_DIR).exists() or any(output.glob(f"{CHANNEL_PREFIX}*/{CHECKPOINT_DIR}"))
+
+
+def train_channels(
+    image: Image,
+    output: str | Path,
+    config: TrainConfig = TrainConfig(),
+    timepoint: int = 0,
+    resume: bool = False,
+    progress: Callable[[dict], None] | None = None,
+    announce: Callable[[str], None] = print,
+) -> ModelSet:
+    """One model per channel of ``image`` (at ``timepoint``), each in ``output/channel-C``.
+
+    Channels differ in structure and brightness, so each gets its own network and
+    normalisation; the budget (steps, minutes) is per channel. With ``resume``, a channel with
+    a checkpoint continues from it and the others start.
+    """
+    output = Path(output)
+    models: dict[int | None, Model] = {}
+    for channel in range(image.channels):
+        folder = output / channel_folder(channel)
+        announce(f"channel {channel + 1}/{image.channels} -> {folder}")
+        again = resume and (folder / CHECKPOINT_DIR).exists()
+        models[channel] = train(image.volume(timepoint, channel), folder, config, resume=again, progress=progress)
+    save_channel_index(output, {c: channel_folder(c) for c in range(image.channels)})
+    return ModelSet(models, str(output))
