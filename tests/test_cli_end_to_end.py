@@ -22,7 +22,7 @@ from cli_helpers import tree_digest, volden_command
 TIMEOUT_S = 300
 SHAPE = (16, 64, 64)
 VOXEL_SIZE = (1.0, 0.5, 0.5)
-COMMANDS = ("synth", "ingest", "train", "apply", "info", "preview", "demo")
+COMMANDS = ("synth", "ingest", "train", "apply", "info", "preview", "calibrate", "eval", "demo")
 
 
 def volden_run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -160,6 +160,8 @@ HELP_MENTIONS = {
               "--resume", "--overwrite"),
     "info": ("info [OPTIONS] PATH", "--array"),
     "preview": ("preview [OPTIONS] INPUT [DENOISED]", "--output", "--channel"),
+    "calibrate": ("calibrate [OPTIONS] INPUT", "--method", "--apply"),
+    "eval": ("eval [OPTIONS] [DENOISED]...", "--reference", "--input", "--classic"),
     "demo": ("demo [OPTIONS] [FOLDER]", "--minutes"),
 }
 

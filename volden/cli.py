@@ -355,6 +355,99 @@ def demo(folder, minutes, kind, shape, photons) -> None:
         run_demo(Path(folder), minutes=minutes, kind=kind, shape=shape, photons=photons, echo=click.echo, progress=show)
 
 
+def sampling_options(command: Callable) -> Callable:
+    """The options saying where the self-supervised loss is measured (calibrate and eval)."""
+    for option in reversed([
+        click.option("--blocks", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Blocks measured, drawn at random."),
+        click.option("--block", type=TRIPLE, default="32,64,64", show_default=True, help="Largest block measured."),
+        click.option("--phases", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Masking phases per block (27: every voxel of the block)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("--method", type=click.Choice(["gaussian", "median", "all"]), default="gaussian", show_default=True)
+@click.option("-o", "--report", type=click.Path(), default=None, metavar="REPORT",
+              help="Folder for calibration.json (every loss) and calibration.png (loss against parameter).")
+@click.option("--apply", "denoised", type=click.Path(), default=None, metavar="OUT.zarr",
+              help="Write the best denoiser's output (float32 OME-Zarr) here, block by block.")
+@click.option("--array", default=None, help="Array (or image group) inside INPUT.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of a multichannel image.")
+@click.option("--timepoint", type=click.IntRange(min=0), default=None, help="Time point of a time series.")
+@sampling_options
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the ranking shown.")
+@click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the --apply output and the report's files.")
+def calibrate(input, method, report, denoised, array, channel, timepoint, blocks, block, phases, seed, top,
+              ome_version, overwrite) -> None:
+    """Choose a classic denoiser's parameters for INPUT without clean data.
+
+    Every Gaussian (sigma along z and laterally) or median (ball radius) of a grid is made
+    J-invariant by masking and scored by its self-supervised loss on a random sample of blocks,
+    next to the raw input's: the ranking the clean volume would give. The loss is the one
+    `volden eval` reports for models, so the best filter can be compared with them there.
+    """
+    from .calibrate import calibrate as run_calibration
+    from .calibrate import check_outputs, write_denoised, write_report
+    from .jinvariant import Identity, ranking_lines
+    from .volume import open_volume
+
+    volume = open_volume(input, array, channel=channel, timepoint=timepoint)
+    check_outputs(input, report, denoised, overwrite)
+    methods = ("gaussian", "median") if method == "all" else (method,)
+    found = run_calibration(volume.data, methods, volume.voxel_size, blocks, block, phases, seed=seed)
+    named = [(str(c), loss) for c, loss in found.ranked[:top]] + [(str(Identity()), found.input_loss)]
+    for line in ranking_lines(named, found.voxels, len(found.blocks), input):
+        click.echo(line)
+    click.echo(f"best: {found.best}; beside a model: volden eval MODEL --input {input} --classic {found.best}")
+    if report:
+        about = {"input": input, "array": volume.array_path, "voxel_size": volume.voxel_size, "methods": list(methods),
+                 "phases_per_block": phases, "seed": seed}
+        click.echo(f"wrote {', '.join(map(str, write_report(found, report, about)))}")
+    if denoised:
+        write_denoised(volume, found.best, denoised, overwrite, ome_version)
+        click.echo(f"wrote {denoised}: {found.best} of {input}")
+
+
+@cli.command("eval")
+@click.argument("denoised", nargs=-1, type=click.Path(), metavar="[DENOISED]...")
+@click.option("--input", "noisy", type=click.Path(), default=None,
+              help="The noisy volume: what models and --classic filters denoise and, without --reference, "
+                   "what they are scored on.")
+@click.option("--reference", type=click.Path(), default=None, help="A clean volume: score PSNR and SSIM against it.")
+@click.option("--classic", multiple=True, metavar="METHOD:SIZE",
+              help="A classic filter of --input, scored too: gaussian:SIGMA or median:RADIUS (lateral voxels, z "
+                   "scaled by the voxel size), or METHOD:Z,Y,X; repeatable.")
+@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of multichannel images.")
+@click.option("--timepoint", type=click.IntRange(min=0), default=None, help="Time point of time series.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@sampling_options
+def evaluate(denoised, noisy, reference, classic, channel, timepoint, device, blocks, block, phases, seed) -> None:
+    """Rank denoisers: DENOISED volumes or model folders, --classic filters and the raw --input.
+
+    \b
+    volden eval denoised.zarr --reference vol.zarr/clean --input vol.zarr
+    volden eval model other-model --input vol.zarr --classic gaussian:1.25 --classic median:2
+
+    With --reference CLEAN: PSNR and SSIM of each against it, block by block (models and
+    filters denoise --input lazily for this). Without: the self-supervised loss on --input,
+    lower is better. Each model and filter is made J-invariant by masking and scored on noisy
+    voxels it did not see, in the region the models held out in training; the ranking is the
+    one the clean volume would give, on the scale of `volden calibrate`. A denoised volume has
+    no such loss: score the model that made it. A path inside a zarr group names an array in
+    it (vol.zarr/clean). The options on blocks and phases apply without --reference.
+    """
+    from .evaluate import run_eval
+
+    for line in run_eval(denoised, noisy, reference, classic, channel, timepoint, device, blocks, block, phases, seed):
+        click.echo(line)
+
+
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit status 1."""
     try:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage
 
 from .apply import ApplyConfig, apply_model
+from .classic import GAUSSIAN_SIGMAS, gaussian
 from .cluster import local_client
 from .metrics import psnr
 from .synth import VOXEL_SIZE, write_synthetic
@@ -16,16 +16,10 @@ from .training import TrainConfig, train
 from .volume import open_image, open_volume
 
 
-def gaussian(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian filter of ``sigma`` lateral voxels, scaled in z by the synthetic voxel size."""
-    ratio = VOXEL_SIZE[1] / VOXEL_SIZE[0]
-    return ndimage.gaussian_filter(noisy.astype(np.float32), (sigma * ratio, sigma, sigma))
-
-
 def best_gaussian(noisy: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """PSNR and sigma of the best Gaussian filter, chosen with the clean volume: the classic
-    baseline a denoiser has to beat."""
-    return max((psnr(gaussian(noisy, sigma), clean), sigma) for sigma in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5))
+    baseline a denoiser has to beat (z sigma scaled by the voxel size)."""
+    return max((psnr(gaussian(noisy, sigma, VOXEL_SIZE), clean), sigma) for sigma in GAUSSIAN_SIGMAS)
 
 
 def save_comparison(images: dict[str, np.ndarray], path: Path) -> None:
@@ -73,7 +67,7 @@ def run_demo(
     denoised = open_volume(output).data.compute()
     scores = {"noisy": psnr(noisy, clean), "denoised": psnr(denoised, clean)}
     scores["best_gaussian"], sigma = best_gaussian(noisy, clean)
-    images = {"noisy": noisy, f"Gaussian sigma {sigma:g}": gaussian(noisy, sigma), "volden": denoised, "clean": clean}
+    images = {"noisy": noisy, f"Gaussian sigma {sigma:g}": gaussian(noisy, sigma, VOXEL_SIZE), "volden": denoised, "clean": clean}
     save_comparison(images, folder / "before_after.png")
     echo(f"PSNR noisy {scores['noisy']:.2f} dB -> volden {scores['denoised']:.2f} dB "
          f"(best Gaussian, chosen with the clean volume: {scores['best_gaussian']:.2f} dB)")
