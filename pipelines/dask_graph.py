@@ -111,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
           f"as one array: the largest array a task made was {held.largest / 1e6:.1f} MB")
     print(f"dask held at most {held.peak / 1e6:.1f} MB of arrays at once ({held.peak / whole:.2f} x the volume)")
     if held.peak >= whole:
-        print("dask's scheduler kept the overlaps (the background filter's halos, the denoising tiles) of many "
-              "blocks alive at once; for volumes beyond memory, run `volden apply`, which keeps the overlaps on "
-              "disk, and build the rest of the graph on its output")
+        print("dask kept the overlaps (the background filter's halos, the denoising tiles) of a slab of block "
+              "columns alive at once, here all of them; the slab's share falls as the volume grows in y and x. "
+              "For volumes beyond memory, run `volden apply`, which keeps the overlaps on disk, and build the "
+              "rest of the graph on its output")
 
 
 if __name__ == "__main__":

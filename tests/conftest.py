@@ -5,6 +5,8 @@ Everything is small enough that the whole suite runs in well under two minutes o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from volden.predict import predict_array
 from volden.synth import synthetic_volume
 from volden.unet import UNet3D, UNetConfig, plan_pools
 
+# The real volumes of ../shared/data/real beside the checkout (read only; never copied here).
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 SEAM_SHAPE = (32, 96, 96)
 SEAM_BLOCK = (16, 32, 32)
 # The torch seed of the random network used for the seam tests. The face-vs-inside gradient

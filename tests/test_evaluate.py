@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -16,7 +15,7 @@ from skimage.metrics import structural_similarity
 
 import volden
 from cli_helpers import volden_command
-from conftest import make_model
+from conftest import REAL_DATA, make_model
 from volden.classic import parse_classic
 from volden.evaluate import held_out_region
 from volden.metrics import psnr, psnr_ssim, ssim
@@ -25,7 +24,6 @@ from volden.sampler import split_volume
 from volden.synth import VOXEL_SIZE, synthetic_volume, write_synthetic
 from volden.training import TrainConfig
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 REAL_VOLUME = "cellseg3d_mesospim_test_very_small.tif"  # real lightsheet sCMOS noise, 64^3
 
 
@@ -98,8 +96,8 @@ def runs(tmp_path_factory):
     with ThreadPoolExecutor(2) as pool:
         futures = {name: pool.submit(run, args) for name, args in cases.items()}
         real = None
-        if REAL.is_dir():
-            image = tifffile.imread(REAL / REAL_VOLUME)
+        if REAL_DATA.is_dir():
+            image = tifffile.imread(REAL_DATA / REAL_VOLUME)
             zarr.create_array(str(base / "real.zarr"), data=image, chunks=(32, 32, 32))
             volden.train(volden.open_volume(base / "real.zarr"), base / "real-model",
                          TrainConfig(steps=120, patch=(16, 32, 32), batch=4, validate_every=40, device="cpu"))
@@ -110,8 +108,8 @@ def runs(tmp_path_factory):
 
 
 def test_eval_ranks_a_trained_model_above_the_raw_input_and_a_bad_gaussian_on_real_data(runs):
-    if not REAL.is_dir():
-        pytest.skip(f"no real volumes at {REAL}")
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"no real volumes at {REAL_DATA}")
     _, _, proc = runs
     assert proc.returncode == 0, proc.stderr
     rows = ranking(proc.stdout, 1)

@@ -5,7 +5,6 @@ Bad input through the real command (one line, nothing written) is in ``test_cli_
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,11 @@ import tifffile
 import zarr
 
 from cli_helpers import run_with_peak_rss, volden_command
+from conftest import REAL_DATA
 from volden.errors import VoldenError
 from volden.ingest import Calibration, ingest_tiff, length_unit, output_layout, resolve_calibration
 from volden.volume import open_image
 
-REAL_DATA = Path(os.environ.get("VOLDEN_REAL_DATA", "/work/shared/data/real"))
 
 
 def _random(shape: tuple[int, ...], dtype=np.uint16, seed: int = 0) -> np.ndarray:
