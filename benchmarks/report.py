@@ -32,9 +32,10 @@ def markdown_table(header: list[str], rows: list[str]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
 
 
-def write_section(title: str, body: str) -> None:
-    """Replace (or append) the section ``## title`` with ``body``, the command and the machine."""
-    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+def write_section(title: str, body: str, command: str | None = None) -> None:
+    """Replace (or append) the section ``## title`` with ``body``, the command (by default the
+    script's own, as run) and the machine."""
+    command = command or " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     section = (
         f"## {title}\n\n{body.strip()}\n\n"
         f"Command: `{command}`  \nMachine: {machine()}; measured {date.today().isoformat()}.\n"
