@@ -199,8 +199,8 @@ def _block_budget(client: Client | None, device: str, width: int) -> int:
 
 
 def _plan(
-    models: ModelSet, image: Image, config: ApplyConfig, selection: tuple[list[int], list[int]], block, halo,
-    max_voxels: int,
+    image: Image, config: ApplyConfig, selection: tuple[list[int], list[int]], digest: str | dict[str, str], block,
+    halo, max_voxels: int,
 ) -> dict[str, Any]:
     """What a resume must match (``PLAN_KEYS``), and the forward-pass size every tile keeps to,
     so that a tile gives the same bytes on any worker and in any run."""
@@ -212,7 +212,7 @@ def _plan(
         "shape": list(image.shape),
         "channels": channels,
         "timepoints": timepoints,
-        "model_sha256": models.digest([c if "c" in image.meta.axes else None for c in channels]),
+        "model_sha256": digest,
         "block": list(block),
         "halo": list(halo),
         "blend": config.blend,
@@ -297,7 +297,9 @@ def apply_model(
     ledger = Ledger(output)
     check_output_path(image.path, output, config.overwrite or config.resume)
     selection = image.select(config.channels, config.timepoints)
-    volumes = [image.volume(t, c) for t in selection[1] for c in selection[0]]
+    channels, timepoints = selection
+    volumes = [image.volume(t, c) for t in timepoints for c in channels]
+    placed = [image.volume_index(t, c) for t in range(len(timepoints)) for c in range(len(channels))]
     volume_models = [models.for_channel(v.channel) for v in volumes]
     previous = resumable_plan(output, ledger) if config.resume else None
     block, halo = config.block, config.halo
@@ -309,7 +311,8 @@ def apply_model(
         budget = _block_budget(client, config.device, max(m.config.width for m in volume_models))
     shape = volumes[0].shape
     block, halo = _plan_blocks(volume_models, shape, block, halo, budget)
-    plan = _plan(models, image, config, selection, block, halo, budget)
+    digest = models.digest(list(dict.fromkeys(v.channel for v in volumes)))
+    plan = _plan(image, config, selection, digest, block, halo, budget)
     tiling = Tiling(shape, block, halo)
     lead = image.data.ndim - 3
     if previous is not None:
@@ -325,19 +328,21 @@ def apply_model(
         )
         ledger.start(plan)
     runs = [
-        BlockRun(volume_model, volume.source, VolumeView(target, _output_index(image, selection, position)), tiling,
-                 config.blend, config.device, budget, ledger.part(".".join(map(str, volume.index))) if lead else ledger)
-        for position, (volume, volume_model) in enumerate(zip(volumes, volume_models))
+        BlockRun(volume_model, volume.source, VolumeView(target, index), tiling, config.blend, config.device, budget,
+                 ledger.part(".".join(map(str, volume.index))))
+        for volume, volume_model, index in zip(volumes, volume_models, placed)
     ]
+    graphs, done = [], 0
     for run in runs:
         run.ledger.clear_partial()
-    done = sum(len(run.ledger.done()) for run in runs)
+        finished = run.ledger.done()
+        done += len(finished)
+        graphs.append(_graph(run, [i for i in tiling.blocks() if i not in finished]))
     total = int(np.prod(tiling.grid)) * len(runs)
-    graphs = [_graph(run, [i for i in tiling.blocks() if not run.ledger.is_done(i)]) for run in runs]
     graph = {key: task for g in graphs for key, task in g[0].items()}
     keys = [[key for g in graphs for key in g[k]] for k in (1, 2, 3)]
     results = _run(graph, *keys, client, done, total, progress, tile_resources)
-    meta = replace(image.meta.select_channels(selection[0]), name=Path(image.path).name + " (denoised)")
+    meta = replace(image.meta.select_channels(channels), name=Path(image.path).name + " (denoised)")
     levels = write_pyramid(output, meta, config.pyramid, client)
     ome.finalize_image(output, meta, config.ome_version, levels)
     ledger.remove()
@@ -345,12 +350,6 @@ def apply_model(
         output=output, volumes=len(runs), blocks=total, blocks_done_before=done, blocks_written=sum(results["block"]),
         tiles_predicted=sum(results["tile"]), block=block, halo=halo, seconds=time.perf_counter() - start,
     )
-
-
-def _output_index(image: Image, selection: tuple[list[int], list[int]], position: int) -> tuple[int, ...]:
-    """Where the ``position``-th selected volume (time-major) sits in the output's leading axes."""
-    t, c = divmod(position, len(selection[0]))
-    return image.volume_index(t, c)
 
 
 def _run(

@@ -158,7 +158,7 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
     unless --channel picks one.
     """
-    from .model import CHANNELS_FILE, CONFIG_FILE
+    from .model import is_model_folder
     from .paths import check_output_path
     from .training import TrainConfig, has_checkpoint, train_channels
     from .training import train as run_training
@@ -176,7 +176,7 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     if not resume and target.exists():
         if not overwrite:
             raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
-        if not ((target / CONFIG_FILE).exists() or (target / CHANNELS_FILE).exists() or has_checkpoint(target)):
+        if not (is_model_folder(target) or has_checkpoint(target)):
             raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
         shutil.rmtree(target)
     with training_bar() as show:
@@ -274,10 +274,10 @@ def apply(model_path, input, output, array, block, halo, blend, device, dtype, o
                 "run the same command with --resume to finish it"
             ) from err
     resumed = f", {report.blocks_done_before} were done before" if report.blocks_done_before else ""
-    voxels = volume.data.size * report.volumes * report.blocks_written / report.blocks
-    volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
+    voxels = volumes[0].data.size * report.volumes * report.blocks_written / report.blocks
+    several = f" in {report.volumes} volumes" if report.volumes > 1 else ""
     click.echo(
-        f"wrote {output}: {report.blocks_written} of {report.blocks} blocks{volumes} of {','.join(map(str, report.block))} "
+        f"wrote {output}: {report.blocks_written} of {report.blocks} blocks{several} of {','.join(map(str, report.block))} "
         f"(halo {','.join(map(str, report.halo))}){resumed}; {voxels / report.seconds:.3g} voxels/s ({report.seconds:.1f} s)"
     )
 

@@ -22,7 +22,7 @@ from .errors import VoldenError
 from .inference import denoise
 from .jinvariant import BLOCK, BLOCKS, GRID, PHASES, Box, Denoiser, Identity, masked_losses, ranking_lines, sample_blocks
 from .metrics import psnr_ssim, reference_range
-from .model import CHANNELS_FILE, CONFIG_FILE, Model, load_models
+from .model import Model, is_model_folder, load_models
 from .predict import default_halo, predict_array
 from .sampler import split_volume
 from .volume import Volume, open_volume
@@ -50,10 +50,6 @@ def held_out_region(shape: tuple[int, ...], models: Sequence[Model]) -> Box:
     patches = [tuple(m.training["patch"]) for m in models if m.training.get("patch")]
     boxes = [split_volume(shape, patch).validation for patch in patches or [(1,) * len(shape)]]
     return tuple((max(b[a][0] for b in boxes), min(b[a][1] for b in boxes)) for a in range(len(shape)))
-
-
-def is_model(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).exists() or (Path(path) / CHANNELS_FILE).exists()
 
 
 def describe_box(box: Box) -> str:
@@ -112,7 +108,8 @@ def run_eval(
     if not denoised and not classic and (noisy_path is None or reference_path is None):
         raise VoldenError("nothing to evaluate: name a denoised volume or a model folder, or --classic METHOD:SIZE")
     noisy = open_volume(noisy_path, channel=channel, timepoint=timepoint) if noisy_path else None
-    models = {p: load_models(p).for_channel(noisy.channel if noisy else channel) for p in denoised if is_model(p)}
+    models = {p: load_models(p).for_channel(noisy.channel if noisy else channel)
+              for p in denoised if is_model_folder(p)}
     volumes = {p: open_volume(p, channel=channel, timepoint=timepoint) for p in denoised if p not in models}
     if noisy is None and (models or classic):
         raise VoldenError("models and --classic filters denoise the noisy volume: pass --input NOISY")

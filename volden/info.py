@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from .ledger import Ledger
-from .model import CHANNELS_FILE, CONFIG_FILE, load_model, load_models
+from .model import Model, is_model_folder, load_models
 from .tiling import Tiling
 from .volume import Image, open_image
 
@@ -20,10 +20,8 @@ from .volume import Image, open_image
 def describe(path: str | Path, array: str | None = None) -> list[str]:
     """Lines describing ``path``: a model folder, a volden output or any zarr image."""
     path = Path(path)
-    if (path / CONFIG_FILE).exists():
-        return _describe_model(path)
-    if (path / CHANNELS_FILE).exists():
-        return [line for model in load_models(path).models.values() for line in _describe_model(Path(str(model.path)))]
+    if is_model_folder(path):
+        return [line for model in load_models(path).models.values() for line in _describe_model(model)]
     run = _volden_attrs(path)
     unfinished = run is not None and run.get("status") != "complete"
     image = open_image(path, array or ("0" if unfinished else None))
@@ -86,8 +84,8 @@ def _digests(found: str | dict[str, str] | None) -> str:
     return f"sha256 {str(found)[:12]}"
 
 
-def _describe_model(path: Path) -> list[str]:
-    model = load_model(path)
+def _describe_model(model: Model) -> list[str]:
+    path = model.path
     config, training = model.config, model.training
     norm = model.normalisation
     lines = [

@@ -38,7 +38,7 @@ class Ledger:
     names one volume of a multi-volume image."""
 
     def __init__(self, output: str | Path, part: str = "") -> None:
-        self.output, self.part_name = Path(output), part
+        self.output = Path(output)
         self.root = self.output / RUN_DIR
         work = self.root / "parts" / part if part else self.root
         self.done_dir = work / "done"
@@ -52,15 +52,16 @@ class Ledger:
         return self.plan_file.exists()
 
     def start(self, plan: dict[str, Any]) -> None:
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        self.tiles_dir.mkdir(parents=True, exist_ok=True)
+        """Record the run's plan; each volume's record is made by :meth:`part`."""
+        self.root.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.plan_file, json.dumps(plan, indent=1).encode())
 
     def plan(self) -> dict[str, Any]:
         return json.loads(self.plan_file.read_text())
 
     def part(self, name: str) -> "Ledger":
-        """The record of one volume of the run, ready to be written."""
+        """The record of one volume of the run, ready to be written (``""``: a 3D image's only
+        volume, kept at the top of the run's folder)."""
         part = Ledger(self.output, name)
         part.done_dir.mkdir(parents=True, exist_ok=True)
         part.tiles_dir.mkdir(parents=True, exist_ok=True)

@@ -94,11 +94,16 @@ def save_model(model: Model, path: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
-    tmp = folder / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(model.describe(), indent=1))
-    tmp.replace(folder / CONFIG_FILE)
+    _write_json(folder / CONFIG_FILE, model.describe())
     model.path = str(folder)
     return folder
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write under a temporary name, then rename: a file that exists is whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    tmp.replace(path)
 
 
 def load_model(path: str | Path) -> Model:
@@ -162,9 +167,12 @@ class ModelSet:
 def save_channel_index(folder: str | Path, channels: dict[int, str]) -> None:
     """Name the per-channel model folders inside ``folder`` (written last, like model.json)."""
     index = {"format": CHANNELS_FORMAT, "volden_version": __version__, "channels": {str(c): p for c, p in channels.items()}}
-    tmp = Path(folder) / (CHANNELS_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(Path(folder) / CHANNELS_FILE)
+    _write_json(Path(folder) / CHANNELS_FILE, index)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a model, or one model per channel."""
+    return (Path(path) / CONFIG_FILE).exists() or (Path(path) / CHANNELS_FILE).exists()
 
 
 def load_models(path: str | Path) -> ModelSet:

@@ -110,11 +110,7 @@ def _denoised_volume(path: str, channel: int | None, timepoint: int | None) -> V
             raise VoldenError(f"{path} was made from {axis}s {held} of its input, not {axis} {picked}")
         return held.index(picked)
 
-    return open_volume(
-        path,
-        channel=position(channel, "channel", image.channels),
-        timepoint=position(timepoint, "timepoint", image.timepoints),
-    )
+    return image.pick(position(channel, "channel", image.channels), position(timepoint, "timepoint", image.timepoints))
 
 
 def save_preview(

@@ -39,11 +39,12 @@ def level_factors(meta: ome.ImageMeta, shape: tuple[int, ...], levels: int) -> l
     return found
 
 
-def levels_of(meta: ome.ImageMeta, shape: tuple[int, ...], levels: int) -> list[ome.Level]:
-    """The OME levels of the pyramid: level 0 and ``levels`` more, with their scale and offset."""
+def levels_of(meta: ome.ImageMeta, per_level: list[tuple[int, ...]]) -> list[ome.Level]:
+    """The OME levels of the pyramid: level 0 and one per ``per_level`` factors, with their
+    scale and offset."""
     found = [ome.Level("0", tuple(meta.scale))]
-    total = [1] * len(shape)
-    for k, factors in enumerate(level_factors(meta, shape, levels), 1):
+    total = [1] * len(meta.axes)
+    for k, factors in enumerate(per_level, 1):
         total = [t * f for t, f in zip(total, factors)]
         scale = tuple(s * t for s, t in zip(meta.scale, total))
         offset = tuple((t - 1) / 2 * s for s, t in zip(meta.scale, total))
@@ -67,8 +68,9 @@ def write_pyramid(path: str | Path, meta: ome.ImageMeta, levels: int, client: An
     levels for the OME metadata. Runs on ``client`` when given (a dask distributed client)."""
     group = zarr.open_group(str(path), mode="r+")
     above = group["0"]
-    found = levels_of(meta, tuple(above.shape), levels)
-    for level, factors in zip(found[1:], level_factors(meta, tuple(above.shape), levels)):
+    per_level = level_factors(meta, tuple(above.shape), levels)
+    found = levels_of(meta, per_level)
+    for level, factors in zip(found[1:], per_level):
         data = downsample(da.from_zarr(above), factors)
         chunks = viewer_chunks(data.shape, (1,) * (data.ndim - 3) + VIEWER_CHUNK)
         target = ome.create_level(group, level.path, data.shape, chunks, data.dtype, meta.axes)

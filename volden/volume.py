@@ -107,6 +107,13 @@ class Image:
         """Where the 3D volume of (``timepoint``, ``channel``) sits along the leading axes."""
         return tuple(v for axis, v in (("t", timepoint), ("c", channel)) if axis in self.meta.axes)
 
+    def pick(self, channel: int | None = None, timepoint: int | None = None) -> Volume:
+        """The one volume meant: ``channel`` and ``timepoint`` are needed where there are several."""
+        for axis, picked, size in (("channel", channel, self.channels), ("timepoint", timepoint, self.timepoints)):
+            if picked is None and size > 1:
+                raise VoldenError(f"{self.where} has {size} {axis}s: pick one with --{axis}")
+        return self.volume(timepoint or 0, channel or 0)
+
     def volume(self, timepoint: int = 0, channel: int = 0) -> Volume:
         """One 3D volume of the image, lazily."""
         _checked([channel], self.channels, "channel", self.where)
@@ -203,8 +210,4 @@ def open_volume(
     An image with several channels or time points needs ``channel`` / ``timepoint``; nothing
     is read but metadata.
     """
-    image = open_image(path, array)
-    for axis, picked, size in (("channel", channel, image.channels), ("timepoint", timepoint, image.timepoints)):
-        if picked is None and size > 1:
-            raise VoldenError(f"{image.where} has {size} {axis}s: pick one with --{axis}")
-    return image.volume(timepoint or 0, channel or 0)
+    return open_image(path, array).pick(channel, timepoint)
