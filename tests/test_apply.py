@@ -56,12 +56,14 @@ def _output(path: Path) -> np.ndarray:
     return zarr.open_array(str(path / "0"), mode="r")[:]
 
 
-def test_out_of_core_run_equals_the_lazy_graph(stored, tmp_path):
+@pytest.mark.parametrize("tta", [1, 4])
+def test_out_of_core_run_equals_the_lazy_graph(stored, tmp_path, tta):
     source, model_path = stored
     model, volume = load_model(model_path), open_image(source)
-    report = apply_model(model, volume, tmp_path / "out.zarr", ApplyConfig(block=BLOCK, halo=HALO, device="cpu"))
+    config = ApplyConfig(block=BLOCK, halo=HALO, device="cpu", tta=tta)
+    report = apply_model(model, volume, tmp_path / "out.zarr", config)
     assert (report.blocks, report.blocks_written, report.tiles_predicted) == (64, 64, 64)
-    expected = denoise(volume.data, model, block=BLOCK, halo=HALO, device="cpu").compute()
+    expected = denoise(volume.data, model, block=BLOCK, halo=HALO, device="cpu", views=tta).compute()
     assert np.array_equal(_output(tmp_path / "out.zarr"), expected)
     assert not (tmp_path / "out.zarr" / RUN_DIR).exists()
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs.asdict()
@@ -133,6 +135,8 @@ def test_resume_refuses_a_different_model(stored, tmp_path):
     with local_client(1) as client, pytest.raises(RuntimeError, match="stopped by the test"):
         apply_model(model, volume, output, config, client=client, progress=stop_after_two)
     assert ledger.exists() and len(ledger.done()) >= 2
+    with pytest.raises(VoldenError, match="started with tta 1, not 2"):
+        apply_model(model, volume, output, ApplyConfig(block=BLOCK, halo=HALO, device="cpu", resume=True, tta=2))
     other = make_model(seed=7, normalisation=model.normalisation)
     with pytest.raises(VoldenError, match="started with model_sha256"):
         apply_model(other, volume, output, ApplyConfig(block=BLOCK, halo=HALO, device="cpu", resume=True))

@@ -147,3 +147,24 @@ def test_subtiling_matches_a_single_pass(name, seam_volume):
     tiled = predict_array(model, x, "cpu", max_voxels=max_voxels)
     relative = float(np.abs(tiled - single).max() / (single.max() - single.min()))
     assert relative <= 1e-4, f"sub-tiled result differs by {relative:.2%} of the output range"
+
+
+def test_views_average_the_symmetric_predictions(seam_model, seam_volume, seam_reference):
+    """Two views: the mean of the plain prediction and the x-mirrored one, mirrored back."""
+    mirrored = predict_array(seam_model, np.ascontiguousarray(seam_volume[:, :, ::-1]), "cpu")[:, :, ::-1]
+    expected = (seam_reference + mirrored) / 2
+    span = float(seam_reference.max() - seam_reference.min())
+    assert np.abs(mirrored - seam_reference).max() > 1e-2 * span  # the untrained network is not symmetric
+    assert np.abs(predict_array(seam_model, seam_volume, "cpu", views=2) - expected).max() <= 1e-4 * span
+
+
+def test_blocked_with_views_equals_the_whole_volume_with_views(seam_model, seam_volume):
+    whole = predict_array(seam_model, seam_volume, "cpu", views=8)
+    blocked = denoise(da.from_array(seam_volume, chunks=(32, 48, 48)), seam_model, block=SEAM_BLOCK, views=8,
+                      device="cpu").compute()
+    assert np.abs(blocked - whole).max() <= 1e-3 * float(whole.max() - whole.min())
+
+
+def test_denoise_rejects_an_unknown_number_of_views(seam_model, seam_volume):
+    with pytest.raises(ValueError, match="views must be one of"):
+        denoise(da.from_array(seam_volume), seam_model, views=3)

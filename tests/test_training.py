@@ -114,6 +114,13 @@ def test_training_improves_psnr_over_the_noisy_input(trained):
     assert after > before + 6, (before, after)
 
 
+def test_test_time_augmentation_raises_psnr(trained):
+    folder, volume, model = trained
+    clean = volden.open_volume(folder / "vol.zarr", "clean").data
+    one, eight = (psnr(volden.denoise(volume.data, model, device="cpu", views=v), clean) for v in (1, 8))
+    assert eight > one + 0.1, (one, eight)
+
+
 def test_model_files_and_history(trained):
     folder, _, model = trained
     meta = json.loads((folder / "model" / "model.json").read_text())

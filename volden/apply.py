@@ -44,11 +44,12 @@ from .paths import check_output_path
 from .predict import default_halo, max_voxels_for, resolve_device
 from .pyramid import write_pyramid
 from .tiling import BLENDS, Blend, Tiling, intersect
+from .views import DEFAULT_VIEWS, VIEWS
 from .volume import Image, VolumeView
 
 OUTPUT_DTYPES = ("float32", "input")
-PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "dtype",
-             "ome_version", "pyramid")
+PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "tta",
+             "dtype", "ome_version", "pyramid")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ApplyConfig:
     block: tuple[int, int, int] | None = None
     halo: tuple[int, int, int] | None = None
     blend: Blend = "gaussian"
+    tta: int = DEFAULT_VIEWS  # test-time augmentation: views (symmetries of the yx plane) averaged
     device: str = "auto"
     dtype: str = "float32"
     overwrite: bool = False
@@ -70,6 +72,8 @@ class ApplyConfig:
     def __post_init__(self) -> None:
         if self.blend not in BLENDS:
             raise VoldenError(f"--blend must be one of {', '.join(BLENDS)}")
+        if self.tta not in VIEWS:
+            raise VoldenError(f"--tta must be one of {', '.join(map(str, VIEWS))}")
         if self.dtype not in OUTPUT_DTYPES:
             raise VoldenError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}")
         if self.ome_version not in ome.OME_VERSIONS:
@@ -103,11 +107,11 @@ class BlockRun:
     """Everything a worker needs for the tasks of one run; one graph key, shipped once."""
 
     def __init__(
-        self, model: Model, source: Any, target: zarr.Array, tiling: Tiling, blend: Blend, device: str,
+        self, model: Model, source: Any, target: zarr.Array, tiling: Tiling, blend: Blend, views: int, device: str,
         max_voxels: int, ledger: Ledger,
     ) -> None:
         self.model, self.source, self.target = model, source, target
-        self.tiling, self.blend, self.device, self.ledger = tiling, blend, device, ledger
+        self.tiling, self.blend, self.views, self.device, self.ledger = tiling, blend, views, device, ledger
         self.max_voxels = max_voxels
 
     def reaches(self, index: Index) -> list[Index]:
@@ -122,7 +126,8 @@ class BlockRun:
             return 0
         inside, pad, block_shape = tile_geometry(self.tiling, index)
         region = _read(self.source, inside)
-        weighted = predict_tile(self.model, region, pad, block_shape, self.tiling.halo, self.blend, self.device, self.max_voxels)
+        weighted = predict_tile(self.model, region, pad, block_shape, self.tiling.halo, self.blend, self.device,
+                                self.max_voxels, self.views)
         tile = self.tiling.tile_range(index)
         pieces = {n: weighted[intersect(tile, self.tiling.block_range(n))[0]] for n in reaches}
         self.ledger.save_pieces(index, pieces)
@@ -216,6 +221,7 @@ def _plan(
         "block": list(block),
         "halo": list(halo),
         "blend": config.blend,
+        "tta": config.tta,
         "dtype": dtype,
         "ome_version": config.ome_version,
         "pyramid": config.pyramid,
@@ -328,8 +334,8 @@ def apply_model(
         )
         ledger.start(plan)
     runs = [
-        BlockRun(volume_model, volume.source, VolumeView(target, index), tiling, config.blend, config.device, budget,
-                 ledger.part(".".join(map(str, volume.index))))
+        BlockRun(volume_model, volume.source, VolumeView(target, index), tiling, config.blend, config.tta,
+                 config.device, budget, ledger.part(".".join(map(str, volume.index))))
         for volume, volume_model, index in zip(volumes, volume_models, placed)
     ]
     graphs, done = [], 0

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ._version import __version__
 from .errors import VoldenError
+from .views import DEFAULT_VIEWS, VIEWS
 
 Triple = tuple[int, int, int]
 
@@ -199,6 +200,8 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
 @click.option("--block", type=TRIPLE, default=None, help="Output block (default: the largest tile the device takes).")
 @click.option("--halo", type=TRIPLE, default=None, help="Halo around each block (default from the network).")
 @click.option("--blend", type=click.Choice(["gaussian", "linear", "crop"]), default="gaussian", show_default=True)
+@click.option("--tta", type=click.Choice([str(v) for v in VIEWS]), default=str(DEFAULT_VIEWS), show_default=True,
+              help="Test-time augmentation: average over this many symmetries of the yx plane (that many times the compute).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
@@ -224,7 +227,7 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
 @click.option("--memory", default=None, help="SLURM: memory per worker job, e.g. 32GB.")
 @click.option("--job-extra", multiple=True, help="SLURM: an extra #SBATCH directive (repeatable).")
 @click.option("--no-tls", is_flag=True, help="SLURM: plain TCP instead of TLS (only on a trusted network).")
-def apply(model_path, input, output, array, block, halo, blend, device, dtype, ome_version, channels, timepoints,
+def apply(model_path, input, output, array, block, halo, blend, tta, device, dtype, ome_version, channels, timepoints,
           pyramid, resume, overwrite, cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job,
           gpu_flag, cores, memory, job_extra, no_tls) -> None:
     """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster.
@@ -241,7 +244,7 @@ def apply(model_path, input, output, array, block, halo, blend, device, dtype, o
     from .paths import check_output_path
     from .volume import open_image
 
-    config = ApplyConfig(block=block, halo=halo, blend=blend, device=device, dtype=dtype,
+    config = ApplyConfig(block=block, halo=halo, blend=blend, tta=int(tta), device=device, dtype=dtype,
                          overwrite=overwrite, resume=resume, ome_version=ome_version,
                          channels=channels or None, timepoints=timepoints or None, pyramid=pyramid)
     where = ClusterConfig(cluster=cluster, workers=workers, jobs=jobs, adapt=adapt, partition=partition,

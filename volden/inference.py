@@ -22,6 +22,7 @@ from .errors import VoldenError
 from .model import Model, load_model
 from .predict import default_halo, max_voxels_for, predict_normalised, resolve_device
 from .tiling import Blend, Index, Tiling, intersect, tile_window, weight_sum
+from .views import DEFAULT_VIEWS, symmetries
 
 def default_block(
     shape: tuple[int, ...], halo: tuple[int, ...], divisor: tuple[int, ...], max_voxels: int
@@ -81,13 +82,14 @@ def predict_tile(
     blend: Blend,
     device: str,
     max_voxels: int | None,
+    views: int = 1,
 ) -> np.ndarray:
     """The weighted prediction on a tile: ``region`` is its part inside the volume, ``pad``
     what lies outside (filled by reflection, as in training)."""
     x = model.normalisation.apply(region)
     if any(p for pair in pad for p in pair):
         x = np.pad(x, pad, mode="reflect")
-    prediction = predict_normalised(model, x, resolve_device(device), max_voxels)
+    prediction = predict_normalised(model, x, resolve_device(device), max_voxels, views)
     prediction *= tile_window(block, halo, blend)
     return prediction
 
@@ -105,6 +107,7 @@ def _gather_and_predict(
     model: Model,
     device: str,
     max_voxels: int | None,
+    views: int,
     pieces: list[np.ndarray],
     placements: list[tuple[slice, ...]],
     inside: list[tuple[int, int]],
@@ -116,7 +119,7 @@ def _gather_and_predict(
     region = np.empty([b - a for a, b in inside], dtype=np.float32)
     for piece, where in zip(pieces, placements):
         region[where] = piece
-    return predict_tile(model, region, pad, block, halo, blend, device, max_voxels)
+    return predict_tile(model, region, pad, block, halo, blend, device, max_voxels, views)
 
 
 def blend_block(
@@ -145,20 +148,25 @@ def denoise(
     blend: Blend = "gaussian",
     device: str = "auto",
     max_voxels: int | None = None,
+    views: int = DEFAULT_VIEWS,
 ) -> da.Array:
     """Denoise a 3D dask array lazily; the result (float32, input units) is chunked by ``block``.
+
+    ``views`` > 1 averages each tile's prediction over that many symmetries of the yx plane
+    (test-time augmentation; see ``predict.symmetries``), at that many times the compute.
 
     ``device`` is resolved where each task runs, so 'auto' uses a worker's GPU when it has one.
     """
     if data.ndim != 3:
         raise ValueError(f"denoise takes a 3D (z, y, x) array, got shape {data.shape}")
+    symmetries(views)  # a bad count fails here, not inside a task
     if not isinstance(model, Model):
         model = load_model(model)
     block, halo = plan_blocks(model, tuple(data.shape), block, halo)
     tiling = Tiling(tuple(data.shape), block, halo)  # type: ignore[arg-type]
     source = data.rechunk(tiling.chunks)
     digest = model.digest
-    token = tokenize(source.name, digest, tiling, blend, device, max_voxels)
+    token = tokenize(source.name, digest, tiling, blend, device, max_voxels, views)
     model_key = f"volden-model-{tokenize(digest, model.normalisation)}"
     in_name, tile_name = f"volden-input-piece-{token}", f"volden-tile-{token}"
     out_piece_name, out_name = f"volden-tile-piece-{token}", f"volden-denoise-{token}"
@@ -175,7 +183,7 @@ def denoise(
             keys.append(key)
             placements.append(overlap[1])
         graph[(tile_name, *index)] = (
-            _gather_and_predict, model_key, device, max_voxels, keys, placements, inside, pad,
+            _gather_and_predict, model_key, device, max_voxels, views, keys, placements, inside, pad,
             block_shape, tiling.halo, blend,
         )
     for index in tiling.blocks():

@@ -73,7 +73,7 @@ def _describe_run(path: Path, run: dict) -> list[str]:
         f"made from   {run.get('input')}" + (f" (array {run['array']})" if run.get("array") else ""),
         f"model       {run.get('model')} ({_digests(run.get('model_sha256'))})",
         f"settings    block {run.get('block')}, halo {run.get('halo')}, blend {run.get('blend')}, "
-        f"dtype {run.get('dtype')}, volden {run.get('version')}",
+        f"tta {run.get('tta', 1)}, dtype {run.get('dtype')}, volden {run.get('version')}",
     ]
 
 

@@ -13,6 +13,7 @@ import torch
 
 from .model import Model
 from .unet import receptive_radius
+from .views import DEFAULT_VIEWS, seen, symmetries, unseen
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_MAX_VOXELS = 2**24  # beyond this a CPU pass gets no faster per voxel, only larger
@@ -64,8 +65,16 @@ def _round_up(values, multiples) -> list[int]:
 
 
 def predict_normalised(
-    model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None = None
+    model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None = None, views: int = 1
 ) -> np.ndarray:
+    """Prediction for normalised ``x``, averaged over ``views`` symmetries of the yx plane."""
+    total = np.zeros(x.shape, dtype=np.float32)
+    for symmetry in symmetries(views):
+        total += unseen(_predict_once(model, seen(x, symmetry), device, max_voxels), symmetry)
+    return total / views
+
+
+def _predict_once(model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None) -> np.ndarray:
     """Prediction for normalised ``x``, in sub-tiles (cropped margins) when it is too large.
 
     Sub-tiles, their margins and starts are multiples of the pooling divisor, so every sub-tile
@@ -108,6 +117,7 @@ def predict_array(
     device: str | torch.device = "auto",
     max_voxels: int | None = None,
     edge: tuple[int, int, int] | None = None,
+    views: int = DEFAULT_VIEWS,
 ) -> np.ndarray:
     """Denoise a whole in-memory 3D array in one pass (float32, input units).
 
@@ -117,5 +127,5 @@ def predict_array(
     device = resolve_device(device) if isinstance(device, str) else device
     edge = edge if edge is not None else default_halo(model)
     x = np.pad(model.normalisation.apply(raw), [(e, e) for e in edge], mode="reflect")
-    out = predict_normalised(model, x, device, max_voxels)
+    out = predict_normalised(model, x, device, max_voxels, views)
     return model.normalisation.invert(out[tuple(slice(e, e + n) for e, n in zip(edge, raw.shape))])

@@ -48,7 +48,7 @@ class TrainConfig:
     fill: str = "donut"
     steps: int | None = None
     minutes: float | None = None
-    learning_rate: float = 2e-3
+    learning_rate: float = 4e-3  # measured against 2e-3 and 8e-3 on the quality benchmark (BENCHMARKS.md)
     depth: int | None = None
     width: int | None = None
     device: str = "auto"
@@ -99,7 +99,8 @@ class TrainConfig:
         )
 
 
-def _lr_factor(progress: float) -> float:
+def lr_factor(progress: float) -> float:
+    """The learning rate's share at ``progress`` (0 to 1) of the budget: a cosine from 1 to 0.05."""
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -257,7 +258,7 @@ def train(
             elapsed = time.perf_counter() - start
             fraction = max(step / config.steps if config.steps else 0.0, elapsed / budget_s)
             for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * _lr_factor(fraction)
+                group["lr"] = config.learning_rate * lr_factor(fraction)
             x = sampler.next().to(device)
             loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device)
             step += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from .methods import METHODS, Run, Settings, Skip, centre_crop
 from .volumes import REAL, make_case, synth_names
 
 FULL_MINUTES, FULL_CAREAMICS_MINUTES = 10.0, 60.0
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def triple(text: str) -> tuple[int, int, int]:
@@ -47,11 +49,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--careamics-batch", type=int, default=4, help="default: volden's CPU batch")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "volden-quality",
                         help="volumes, models and CAREamics' files")
-    parser.add_argument("--out", type=Path, help="results JSON (default WORK/results.json)")
+    parser.add_argument("--out", type=Path, help="results JSON (default: one per budget and shape in "
+                        "benchmarks/quality/results/, kept in the repository so a long run continues anywhere)")
+    parser.add_argument("--redo", default="", help="methods to run again where their saved result comes from another commit")
     parser.add_argument("--section", help="write the tables into BENCHMARKS.md under this title")
     parser.add_argument("--note", default="", help="a paragraph for the section: what the run's numbers need said")
     args = parser.parse_args()
-    unknown = set(args.methods.split(",")) - set(METHODS)
+    unknown = (set(args.methods.split(",")) | set(filter(None, args.redo.split(",")))) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
     return args
@@ -70,6 +74,13 @@ def score(run: Run, clean: np.ndarray, crop) -> dict:
     }
 
 
+def checkout_version() -> str:
+    """The commit the code under test comes from, '+changes' when the checkout differs from it."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def load_results(path: Path, settings: dict) -> dict:
     if path.exists():
         saved = json.loads(path.read_text())
@@ -82,6 +93,7 @@ def load_results(path: Path, settings: dict) -> dict:
 def run_all(args: argparse.Namespace, settings: Settings, out: Path) -> dict:
     # through JSON, so the tuples compare equal to the lists a saved file holds
     results = load_results(out, json.loads(json.dumps({**asdict(settings), "shape": args.shape})))
+    version, redo = checkout_version(), set(filter(None, args.redo.split(",")))
     for name in args.volumes.split(","):
         case = make_case(name, args.work, args.shape)
         if case is None:
@@ -90,13 +102,15 @@ def run_all(args: argparse.Namespace, settings: Settings, out: Path) -> dict:
         crop = centre_crop(clean.shape, settings.bm4d_crop)
         entry = results["volumes"].setdefault(name, {"about": case.about, "shape": list(clean.shape), "methods": {}})
         for method in args.methods.split(","):
-            if method in entry["methods"]:
+            saved = entry["methods"].get(method)
+            if saved is not None and (method not in redo or saved.get("commit") == version):
                 continue
             print(f"{name}: {method} ...", flush=True)
             try:
                 entry["methods"][method] = score(METHODS[method](case, settings, args.work / name), clean, crop)
             except Skip as reason:
                 entry["methods"][method] = {"skipped": str(reason)}
+            entry["methods"][method]["commit"] = version
             print(f"{name}: {method}: {entry['methods'][method]}", flush=True)
             out.write_text(json.dumps(results, indent=1))
     return results
@@ -111,12 +125,12 @@ def result_rows(results: dict) -> list[str]:
     for name, entry in results["volumes"].items():
         for method, r in entry["methods"].items():
             if "skipped" in r:
-                rows.append(f"| {name} | {method} |" + " - |" * 7 + f" skipped: {r['skipped']} |")
+                rows.append(f"| {name} | {method} |" + " - |" * 7 + f" skipped: {r['skipped']} | {r.get('commit', '-')} |")
                 continue
             rows.append(
                 f"| {name} | {method} | {cell(r['psnr'], '.2f')} | {cell(r['ssim'], '.4f')} | {r['crop_psnr']:.2f} | "
                 f"{r['crop_ssim']:.4f} | {r['train_s']:.0f} | {r['predict_s']:.1f} | {cell(r['voxels_per_s'], '.3g')} | "
-                f"{r['note']} |"
+                f"{r['note']} | {r.get('commit', '-')} |"
             )
     return rows
 
@@ -128,6 +142,7 @@ ACCEPTANCE = [
     ("volden - BM4D on crop (>= +2)", "volden", "bm4d", "crop_psnr", 2.0),
     ("volden - CAREamics (>= 0)", "volden", "careamics", "psnr", 0.0),
     ("volden - Noise2Truth (>= -0.5)", "volden", "n2t", "psnr", -0.5),
+    ("volden --tta 4 - volden (> 0)", "volden-tta", "volden", "psnr", 1e-9),
 ]
 
 
@@ -154,7 +169,7 @@ def report(results: dict) -> str:
     volumes = "; ".join(f"{name}: {entry['about']} ({'x'.join(map(str, entry['shape']))})"
                         for name, entry in results["volumes"].items())
     results_table = markdown_table(
-        ["volume", "method", "PSNR dB", "SSIM", "crop PSNR dB", "crop SSIM", "train s", "predict s", "voxels/s", "note"],
+        ["volume", "method", "PSNR dB", "SSIM", "crop PSNR dB", "crop SSIM", "train s", "predict s", "voxels/s", "note", "commit"],
         result_rows(results),
     )
     acceptance_table = markdown_table(
@@ -171,11 +186,12 @@ def report(results: dict) -> str:
         + f"volden and Noise2Truth train {s['minutes']:g} min, CAREamics N2V 3D {s['careamics_minutes']:g} min "
         f"(patch {s['careamics_patch']}, batch {s['careamics_batch']}), all on this machine's CPU. Volumes: {volumes}. "
         "Methods: raw (the noisy input), "
-        "gaussian (sigmas by `volden calibrate`, no clean data), bm4d, careamics, volden (`volden.train` at its "
-        "defaults), n2t (volden's network, patches and schedule trained on noisy-clean pairs: Noise2Truth). PSNR (peak: the clean volume's range) and "
-        "SSIM against the clean volume; 'crop' columns on the centre crop BM4D runs on "
+        "gaussian (sigmas by `volden calibrate`, no clean data), bm4d, careamics, volden (`volden.train` and "
+        "`volden.denoise` at their defaults), n2t (volden's network, patches, schedule and prediction, trained on "
+        "noisy-clean pairs: Noise2Truth). PSNR (peak: the clean volume's range) and SSIM against the clean volume; 'crop' columns on the centre crop BM4D runs on "
         f"({'x'.join(map(str, s['bm4d_crop']))} at most). Train s: calibration for the Gaussian, the noise-model fit "
-        "for BM4D (which runs through the generalised Anscombe transform). Voxels/s: prediction.\n\n"
+        "for BM4D (which runs through the generalised Anscombe transform). Voxels/s: prediction. Commit: the "
+        "volden commit a row was measured at ('+changes': with uncommitted changes).\n\n"
         f"{results_table}\n\nAgainst the issue's acceptance:\n\n{acceptance_table}"
     )
 
@@ -190,7 +206,9 @@ def main() -> None:
     args = parse_args()
     settings = Settings(args.minutes, args.careamics_minutes, args.careamics_patch, args.careamics_batch, args.bm4d_crop)
     args.work.mkdir(parents=True, exist_ok=True)
-    out = args.out or args.work / "results.json"
+    shape = "x".join(map(str, args.shape))
+    out = args.out or RESULTS / f"volden-{args.minutes:g}min-careamics-{args.careamics_minutes:g}min-{shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     body = report(run_all(args, settings, out)) + (f"\n\n{args.note}" if args.note else "")
     if args.section:
         write_section(args.section, body, command=shown_command(sys.argv[1:]))

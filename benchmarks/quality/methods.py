@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from volden import Model, TrainConfig, denoise, train
+from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
 from volden.normalisation import estimate_normalisation
 from volden.predict import autocast, resolve_device
 from volden.sampler import augment
-from volden.training import _lr_factor, build_network  # volden's schedule: N2T differs only in its loss
+from volden.training import build_network, lr_factor  # volden's schedule: N2T differs only in its loss
 
 from .volumes import Case
 
@@ -157,6 +157,20 @@ def volden_default(case: Case, settings: Settings, work: Path) -> Run:
     return Run(denoised, train_s, predict_s, note=f"{model.training['steps_done']} steps")
 
 
+TTA_VIEWS = 4
+
+
+def volden_tta(case: Case, settings: Settings, work: Path) -> Run:
+    """volden's model from the ``volden`` row, predicting with test-time augmentation (the
+    prediction averaged over four symmetries of the yx plane: ``volden apply --tta 4``)."""
+    folder = work / "volden-model"
+    if not (folder / "model.json").exists():
+        raise Skip("no volden model: run the volden method first")
+    model = load_model(folder)
+    denoised, predict_s = timed(lambda: denoise(case.noisy.data, model, views=TTA_VIEWS).compute())
+    return Run(denoised, model.training["seconds"], predict_s, note=f"{model.training['steps_done']} steps, {TTA_VIEWS} views")
+
+
 def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     """volden's network, patches and learning-rate schedule, trained supervised: the noisy patch
     in, the MSE to the clean patch on every voxel (no mask). What volden would reach if it had
@@ -175,7 +189,7 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * _lr_factor(elapsed / budget_s)
+            group["lr"] = config.learning_rate * lr_factor(elapsed / budget_s)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
         with autocast(device):
             out = network(x.to(device, memory_format=memory_format))
@@ -209,5 +223,6 @@ METHODS = {
     "bm4d": bm4d,
     "careamics": careamics,
     "volden": volden_default,
+    "volden-tta": volden_tta,
     "n2t": noise2truth,
 }
