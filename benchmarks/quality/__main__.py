@@ -8,6 +8,7 @@ interrupted and continued.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import shlex
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import markdown_table, write_section
+from volden import TrainConfig
 from volden.metrics import psnr_ssim
 
 from .methods import METHODS, Run, Settings, Skip, centre_crop
@@ -26,6 +28,7 @@ from .volumes import REAL, make_case, synth_names
 
 FULL_MINUTES, FULL_CAREAMICS_MINUTES = 10.0, 60.0
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def triple(text: str) -> tuple[int, int, int]:
@@ -33,6 +36,17 @@ def triple(text: str) -> tuple[int, int, int]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected Z,Y,X, not {text!r}")
     return values  # type: ignore[return-value]
+
+
+def train_setting(text: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` of volden's TrainConfig, the value a Python literal (4e-3, (2,2,2))."""
+    field, _, value = text.partition("=")
+    if field not in TrainConfig.__dataclass_fields__ or field == "minutes":
+        raise argparse.ArgumentTypeError(f"{field!r} is not a TrainConfig field to set")
+    try:
+        return field, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=LITERAL") from None
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +61,8 @@ def parse_args() -> argparse.Namespace:
                         help="BM4D runs on this centre crop (all methods are scored on it too)")
     parser.add_argument("--careamics-patch", default="16,64,64", help="default: volden's CPU patch")
     parser.add_argument("--careamics-batch", type=int, default=4, help="default: volden's CPU batch")
+    parser.add_argument("--train", type=train_setting, action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for volden and Noise2Truth, off its default (repeatable)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "volden-quality",
                         help="volumes, models and CAREamics' files")
     parser.add_argument("--out", type=Path, help="results JSON (default: one per budget and shape in "
@@ -75,24 +91,36 @@ def score(run: Run, clean: np.ndarray, crop) -> dict:
 
 
 def checkout_version() -> str:
-    """The commit the code under test comes from, '+changes' when the checkout differs from it."""
+    """The commit the code under test comes from, '+changes' when its code (volden's, the
+    harness') differs from that commit; results and prose may change freely."""
     def git(*command: str) -> str:
-        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return subprocess.run(["git", *command], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    changed = git("status", "--porcelain", "--", "volden", "benchmarks/quality/*.py", "pyproject.toml")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
 
 
 def load_results(path: Path, settings: dict) -> dict:
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
-            return saved
-        print(f"{path} holds results of other settings: starting afresh")
+        if saved.get("settings") != settings:
+            raise SystemExit(f"{path} holds results of other settings ({saved.get('settings')}); pass --out elsewhere")
+        return saved
     return {"settings": settings, "volumes": {}}
 
 
+def settings_record(settings: Settings, shape: tuple[int, int, int]) -> dict:
+    """The settings as the results file keeps them, through JSON so tuples compare equal to the
+    lists a saved file holds; ``train`` only when set, as files written before it had none."""
+    record = {**asdict(settings), "shape": shape}
+    if settings.train:
+        record["train"] = dict(settings.train)
+    else:
+        del record["train"]
+    return json.loads(json.dumps(record))
+
+
 def run_all(args: argparse.Namespace, settings: Settings, out: Path) -> dict:
-    # through JSON, so the tuples compare equal to the lists a saved file holds
-    results = load_results(out, json.loads(json.dumps({**asdict(settings), "shape": args.shape})))
+    results = load_results(out, settings_record(settings, args.shape))
     version, redo = checkout_version(), set(filter(None, args.redo.split(",")))
     for name in args.volumes.split(","):
         case = make_case(name, args.work, args.shape)
@@ -183,11 +211,14 @@ def report(results: dict) -> str:
          f"--minutes {FULL_MINUTES:g} --careamics-minutes {FULL_CAREAMICS_MINUTES:g} "
          "--section 'Quality against peers (issue 7)'`.\n\n"
          if reduced else "")
-        + f"volden and Noise2Truth train {s['minutes']:g} min, CAREamics N2V 3D {s['careamics_minutes']:g} min "
+        + f"volden and Noise2Truth train {s['minutes']:g} min"
+        + ("".join(f", {field}={value}" for field, value in s.get("train", {}).items()) or " (volden's defaults)")
+        + f", CAREamics N2V 3D {s['careamics_minutes']:g} min "
         f"(patch {s['careamics_patch']}, batch {s['careamics_batch']}), all on this machine's CPU. Volumes: {volumes}. "
         "Methods: raw (the noisy input), "
         "gaussian (sigmas by `volden calibrate`, no clean data), bm4d, careamics, volden (`volden.train` and "
-        "`volden.denoise` at their defaults), n2t (volden's network, patches, schedule and prediction, trained on "
+        "`volden.denoise` at their defaults but for the fields named above), volden-tta (that model predicting with "
+        "`--tta 4`), n2t (volden's network, patches, schedule and prediction, trained on "
         "noisy-clean pairs: Noise2Truth). PSNR (peak: the clean volume's range) and SSIM against the clean volume; 'crop' columns on the centre crop BM4D runs on "
         f"({'x'.join(map(str, s['bm4d_crop']))} at most). Train s: calibration for the Gaussian, the noise-model fit "
         "for BM4D (which runs through the generalised Anscombe transform). Voxels/s: prediction. Commit: the "
@@ -204,10 +235,12 @@ def shown_command(argv: list[str]) -> str:
 
 def main() -> None:
     args = parse_args()
-    settings = Settings(args.minutes, args.careamics_minutes, args.careamics_patch, args.careamics_batch, args.bm4d_crop)
+    settings = Settings(args.minutes, args.careamics_minutes, args.careamics_patch, args.careamics_batch, args.bm4d_crop,
+                        tuple(args.train))
     args.work.mkdir(parents=True, exist_ok=True)
     shape = "x".join(map(str, args.shape))
-    out = args.out or RESULTS / f"volden-{args.minutes:g}min-careamics-{args.careamics_minutes:g}min-{shape}.json"
+    trained = "".join(f"-{field}={value}".replace(" ", "") for field, value in args.train)
+    out = args.out or RESULTS / f"volden-{args.minutes:g}min-careamics-{args.careamics_minutes:g}min-{shape}{trained}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     body = report(run_all(args, settings, out)) + (f"\n\n{args.note}" if args.note else "")
     if args.section:

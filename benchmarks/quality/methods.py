@@ -45,6 +45,10 @@ class Settings:
     careamics_patch: str
     careamics_batch: int
     bm4d_crop: tuple[int, int, int]
+    train: tuple[tuple[str, object], ...] = ()  # TrainConfig fields set for volden and Noise2Truth
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(minutes=self.minutes, **dict(self.train))
 
 
 @dataclass
@@ -152,7 +156,7 @@ def predict_with(model: Model, case: Case) -> tuple[np.ndarray, float]:
 
 
 def volden_default(case: Case, settings: Settings, work: Path) -> Run:
-    model, train_s = timed(train, case.noisy, work / "volden-model", TrainConfig(minutes=settings.minutes))
+    model, train_s = timed(train, case.noisy, work / "volden-model", settings.train_config())
     denoised, predict_s = predict_with(model, case)
     return Run(denoised, train_s, predict_s, note=f"{model.training['steps_done']} steps")
 
@@ -177,7 +181,7 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     clean data, for the same time."""
     volume = case.noisy
     device = resolve_device("auto")
-    config = TrainConfig(minutes=settings.minutes).resolve(volume.shape, device)
+    config = settings.train_config().resolve(volume.shape, device)
     start = time.perf_counter()
     normalisation = estimate_normalisation(volume.data, seed=config.seed)
     noisy, clean = (normalisation.apply(a) for a in (volume.data.compute(), case.clean))
