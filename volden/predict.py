@@ -68,10 +68,13 @@ def predict_normalised(
     model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None = None, views: int = 1
 ) -> np.ndarray:
     """Prediction for normalised ``x``, averaged over ``views`` symmetries of the yx plane."""
-    total = np.zeros(x.shape, dtype=np.float32)
-    for symmetry in symmetries(views):
+    _, *others = symmetries(views)  # the first is the identity, so one view needs no sum
+    total = _predict_once(model, x, device, max_voxels)
+    for symmetry in others:
         total += unseen(_predict_once(model, seen(x, symmetry), device, max_voxels), symmetry)
-    return total / views
+    if others:
+        total /= views
+    return total
 
 
 def _predict_once(model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None) -> np.ndarray:

@@ -24,6 +24,7 @@ from volden.normalisation import estimate_normalisation
 from volden.predict import autocast, resolve_device
 from volden.sampler import augment
 from volden.training import build_network, lr_factor  # volden's schedule: N2T differs only in its loss
+from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
 
@@ -150,9 +151,9 @@ def careamics(case: Case, settings: Settings, work: Path) -> Run:
                note=f"{timings['steps']} steps, patch {settings.careamics_patch}, batch {settings.careamics_batch}")
 
 
-def predict_with(model: Model, case: Case) -> tuple[np.ndarray, float]:
+def predict_with(model: Model, case: Case, views: int = DEFAULT_VIEWS) -> tuple[np.ndarray, float]:
     """``volden.denoise`` over the whole volume (blocks, halo and blending at their defaults)."""
-    return timed(lambda: denoise(case.noisy.data, model).compute())
+    return timed(lambda: denoise(case.noisy.data, model, views=views).compute())
 
 
 def volden_default(case: Case, settings: Settings, work: Path) -> Run:
@@ -171,7 +172,7 @@ def volden_tta(case: Case, settings: Settings, work: Path) -> Run:
     if not (folder / "model.json").exists():
         raise Skip("no volden model: run the volden method first")
     model = load_model(folder)
-    denoised, predict_s = timed(lambda: denoise(case.noisy.data, model, views=TTA_VIEWS).compute())
+    denoised, predict_s = predict_with(model, case, TTA_VIEWS)
     return Run(denoised, model.training["seconds"], predict_s, note=f"{model.training['steps_done']} steps, {TTA_VIEWS} views")
 
 
