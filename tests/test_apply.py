@@ -5,6 +5,7 @@ unfinished output never looks complete."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -118,7 +119,7 @@ def test_sigkilled_run_resumes_with_only_its_unfinished_blocks(stored, tmp_path)
     assert not (output / RUN_DIR).exists()
 
 
-def test_resume_refuses_a_different_model(stored, tmp_path):
+def test_resume_checks_the_plan(stored, tmp_path):
     source, model_path = stored
     volume = open_image(source)
     output = tmp_path / "out.zarr"
@@ -140,6 +141,14 @@ def test_resume_refuses_a_different_model(stored, tmp_path):
     other = make_model(seed=7, normalisation=model.normalisation)
     with pytest.raises(VoldenError, match="started with model_sha256"):
         apply_model(other, volume, output, ApplyConfig(block=BLOCK, halo=HALO, device="cpu", resume=True))
+
+    plan = ledger.plan()  # a run started before test-time augmentation existed predicted one view
+    del plan["tta"]
+    ledger.plan_file.write_text(json.dumps(plan))
+    with pytest.raises(VoldenError, match="started with tta 1, not 4"):
+        apply_model(model, volume, output, ApplyConfig(block=BLOCK, halo=HALO, device="cpu", resume=True, tta=4))
+    apply_model(model, volume, output, ApplyConfig(block=BLOCK, halo=HALO, device="cpu", resume=True))
+    assert zarr.open_group(str(output), mode="r").attrs["volden"]["status"] == "complete"
 
 
 def test_a_worker_killed_mid_run_changes_nothing(stored, tmp_path):

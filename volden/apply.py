@@ -50,6 +50,7 @@ from .volume import Image, VolumeView
 OUTPUT_DTYPES = ("float32", "input")
 PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "tta",
              "dtype", "ome_version", "pyramid")
+PLAN_BEFORE = {"tta": DEFAULT_VIEWS}  # what a plan written before a key existed did: one view per tile
 
 
 @dataclass(frozen=True)
@@ -253,9 +254,10 @@ def _check_same_run(previous: dict[str, Any], wanted: dict[str, Any], output: Pa
     for key in PLAN_KEYS:
         if key in explicit and not explicit[key]:
             continue
-        if previous.get(key) != wanted[key]:
+        started = previous.get(key, PLAN_BEFORE.get(key))
+        if started != wanted[key]:
             raise VoldenError(
-                f"cannot resume {output}: it was started with {key} {previous.get(key)}, not {wanted[key]}; "
+                f"cannot resume {output}: it was started with {key} {started}, not {wanted[key]}; "
                 "resume with the same input, model and settings, or pass --overwrite to start again"
             )
 
