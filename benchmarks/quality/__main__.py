@@ -227,10 +227,23 @@ def report(results: dict) -> str:
     )
 
 
-def shown_command(argv: list[str]) -> str:
-    """The command as typed, quoted for a shell, less ``--note`` (prose, not a setting)."""
-    kept = [a for i, a in enumerate(argv) if not a.startswith("--note") and (i == 0 or argv[i - 1] != "--note")]
-    return shlex.join(["python", "-m", "benchmarks.quality", *kept])
+def shown_command(argv: list[str], results: dict) -> str:
+    """The command that reproduces the whole table: as typed, less ``--note`` (prose) and
+    ``--redo`` (what to rerun now), with the volumes and methods of every row the table holds,
+    so a run that added a few rows to a saved file still names what makes all of them."""
+    dropped = ("--note", "--redo", "--volumes", "--methods")
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in dropped:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in dropped)):
+            kept.append(arg)
+    volumes = list(results["volumes"])
+    methods = [m for m in METHODS if any(m in entry["methods"] for entry in results["volumes"].values())]
+    return shlex.join(["python", "-m", "benchmarks.quality", *kept,
+                       "--volumes", ",".join(volumes), "--methods", ",".join(methods)])
 
 
 def main() -> None:
@@ -242,9 +255,10 @@ def main() -> None:
     trained = "".join(f"-{field}={value}".replace(" ", "") for field, value in args.train)
     out = args.out or RESULTS / f"volden-{args.minutes:g}min-careamics-{args.careamics_minutes:g}min-{shape}{trained}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    body = report(run_all(args, settings, out)) + (f"\n\n{args.note}" if args.note else "")
+    results = run_all(args, settings, out)
+    body = report(results) + (f"\n\n{args.note}" if args.note else "")
     if args.section:
-        write_section(args.section, body, command=shown_command(sys.argv[1:]))
+        write_section(args.section, body, command=shown_command(sys.argv[1:], results))
     else:
         print(body)
 
