@@ -50,7 +50,7 @@ from .volume import Image, VolumeView
 OUTPUT_DTYPES = ("float32", "input")
 PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "tta",
              "dtype", "ome_version", "pyramid")
-PLAN_BEFORE = {"tta": DEFAULT_VIEWS}  # what a plan written before a key existed did: one view per tile
+PLAN_BEFORE = {"tta": DEFAULT_VIEWS}  # what a run did before its plan recorded these keys: one view per tile
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def resumable_plan(output: Path, ledger: Ledger) -> dict[str, Any] | None:
         raise VoldenError(f"{output} is already complete; nothing to resume")
     if status != "running" or not ledger.exists():
         raise VoldenError(f"{output} exists but is not an unfinished volden run; pass --overwrite to replace it")
-    return ledger.plan()
+    return {**PLAN_BEFORE, **ledger.plan()}
 
 
 def _status(output: Path) -> str | None:
@@ -254,10 +254,9 @@ def _check_same_run(previous: dict[str, Any], wanted: dict[str, Any], output: Pa
     for key in PLAN_KEYS:
         if key in explicit and not explicit[key]:
             continue
-        started = previous.get(key, PLAN_BEFORE.get(key))
-        if started != wanted[key]:
+        if previous.get(key) != wanted[key]:
             raise VoldenError(
-                f"cannot resume {output}: it was started with {key} {started}, not {wanted[key]}; "
+                f"cannot resume {output}: it was started with {key} {previous.get(key)}, not {wanted[key]}; "
                 "resume with the same input, model and settings, or pass --overwrite to start again"
             )
 

@@ -82,7 +82,7 @@ def predict_tile(
     blend: Blend,
     device: str,
     max_voxels: int | None,
-    views: int = 1,
+    views: int = DEFAULT_VIEWS,
 ) -> np.ndarray:
     """The weighted prediction on a tile: ``region`` is its part inside the volume, ``pad``
     what lies outside (filled by reflection, as in training)."""

@@ -65,7 +65,7 @@ def _round_up(values, multiples) -> list[int]:
 
 
 def predict_normalised(
-    model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None = None, views: int = 1
+    model: Model, x: np.ndarray, device: torch.device, max_voxels: int | None = None, views: int = DEFAULT_VIEWS
 ) -> np.ndarray:
     """Prediction for normalised ``x``, averaged over ``views`` symmetries of the yx plane."""
     _, *others = symmetries(views)  # the first is the identity, so one view needs no sum
