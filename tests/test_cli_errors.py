@@ -196,6 +196,8 @@ CASES = [
                ("--patch", "16,64,64")),
     train_case("train-nan", "nan.zarr", make_nan, ("NaN",), ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
     train_case("train-cache-not-positive", "vol.zarr", make_volume, ("--cache-mb", "positive"), ("--cache-mb", "0")),
+    train_case("train-masking-every-phase", "vol.zarr", make_volume, ("--masked-phases must be from 1 to 7", "8 phases"),
+               ("--masked-phases", "8")),
     Case("train-existing-model-folder", ("train", "vol.zarr", "-o", "model_out", "--steps", "2"),
          ("exists", "--overwrite"), {"vol.zarr": make_volume, "model_out": make_model}),
     Case("train-model-inside-input", ("train", "vol.zarr", "-o", "vol.zarr/model", "--steps", "2", "--patch",

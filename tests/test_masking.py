@@ -17,8 +17,8 @@ def _random_input(seed: int = 0, batch: int = 3) -> torch.Tensor:
     return torch.rand((batch, 1, *SHAPE), generator=generator) * 10 + 5
 
 
-def _masks(grid, batch: int = 3, seed: int = 1) -> torch.Tensor:
-    return random_phase_masks(batch, SHAPE, grid, generator=torch.Generator().manual_seed(seed))
+def _masks(grid, batch: int = 3, seed: int = 1, phases: int = 1) -> torch.Tensor:
+    return random_phase_masks(batch, SHAPE, grid, generator=torch.Generator().manual_seed(seed), phases=phases)
 
 
 def test_phase_mask_selects_one_phase_of_the_grid():
@@ -52,12 +52,23 @@ def test_random_phase_masks_shape_and_seed():
     assert len(phases) > 5, "phases should vary between samples"
 
 
+def test_masks_of_several_phases_are_unions_of_distinct_phases():
+    masks = random_phase_masks(40, SHAPE, (3, 3, 3), torch.Generator().manual_seed(2), phases=3)
+    one_phase = (9 // 3) * (12 // 3) * (15 // 3)
+    assert torch.all(masks.flatten(1).sum(1) == 3 * one_phase)  # three distinct phases, none drawn twice
+    for mask in masks[:, 0]:
+        coords = torch.nonzero(mask) % 3
+        assert len({tuple(c) for c in coords.tolist()}) == 3
+    assert len({tuple(m.flatten().nonzero()[:3, 0].tolist()) for m in masks}) > 5, "the phases vary between samples"
+
+
+@pytest.mark.parametrize("phases", [1, 2])
 @pytest.mark.parametrize("fill", ["donut", "random"])
 @pytest.mark.parametrize("grid", GRIDS)
-def test_fill_does_not_depend_on_masked_voxels(grid, fill):
+def test_fill_does_not_depend_on_masked_voxels(grid, fill, phases):
     """J-invariance of the network input: changing x on the masked voxels changes nothing."""
     x = _random_input()
-    mask = _masks(grid)
+    mask = _masks(grid, phases=phases)
     changed = torch.where(mask, _random_input(seed=99) * 1000 - 3000, x)
     a = apply_mask(x, mask, fill, generator=torch.Generator().manual_seed(5))
     b = apply_mask(changed, mask, fill, generator=torch.Generator().manual_seed(5))

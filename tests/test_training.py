@@ -16,6 +16,7 @@ import pytest
 import torch
 import zarr
 import zarr.storage
+from safetensors.torch import load_file
 
 import volden
 from cli_helpers import volden_command
@@ -26,7 +27,7 @@ from volden.metrics import psnr
 from volden.normalisation import estimate_normalisation
 from volden.sampler import MIN_REGIONS, PatchSampler, split_volume
 from volden.synth import synthetic_volume, write_synthetic
-from volden.training import TrainConfig, train
+from volden.training import TrainConfig, kept_weights, train
 from volden.volume import Volume
 
 
@@ -125,12 +126,36 @@ def test_model_files_and_history(trained):
     folder, _, model = trained
     meta = json.loads((folder / "model" / "model.json").read_text())
     assert meta["format"] == "volden-model"
-    assert meta["masking"] == {"grid": [3, 3, 3], "fill": "donut"}
+    assert meta["masking"] == {"grid": [2, 2, 2], "fill": "donut", "phases": 2}
     assert [h["step"] for h in meta["history"]] == [50, 100, 150]
     assert meta["training"]["best_val_loss"] == min(h["val_loss"] for h in meta["history"])
     assert (folder / "model" / "loss.png").stat().st_size > 1000
     # the validation loss falls as training goes on
     assert meta["history"][-1]["val_loss"] < meta["history"][0]["val_loss"]
+
+
+def test_the_model_gets_the_last_weights_when_validation_does_not_object(trained):
+    folder, _, _ = trained
+    meta = json.loads((folder / "model" / "model.json").read_text())
+    assert meta["training"]["kept"] == kept_weights(meta["history"]) == "last"
+    state = json.loads((folder / "model" / "checkpoint" / "state.json").read_text())
+    last = load_file(str(folder / "model" / "checkpoint" / state["tensors"]))
+    saved = load_file(str(folder / "model" / "weights.safetensors"))
+    assert saved.keys() == {k[len("network."):] for k in last if k.startswith("network.")}
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, last[f"network.{name}"], rtol=0, atol=0)
+
+
+def _history(*losses):
+    return [{"step": 50 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
+
+
+def test_validation_noise_keeps_the_last_weights_and_a_regression_the_best():
+    assert kept_weights(_history(1.0, 0.90, 0.85, 0.86)) == "last"  # gave back 0.01 of the 0.15 gained
+    assert kept_weights(_history(1.0, 0.90, 0.85, 0.95)) == "best"  # gave back two thirds
+    assert kept_weights(_history(1.0, 0.90, 0.85, float("nan"))) == "best"
+    assert kept_weights(_history(1.0, 1.2)) == "best"  # never improved on the first validation
+    assert kept_weights(_history(1.0)) == "last"
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
@@ -143,6 +168,23 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed.training["steps_done"] == 8
     assert resumed.training["best_val_loss"] == min(h["val_loss"] for h in resumed.history)
     assert (tmp_path / "m" / "checkpoint" / "best.safetensors").exists()
+
+
+def test_background_tries_favour_bright_patches():
+    """A dark volume with one bright box: redrawing dim candidates finds the box far more often."""
+    rng = np.random.default_rng(0)
+    sparse = rng.poisson(10.0, (32, 128, 128)).astype(np.float32)
+    sparse[8:24, :32, :32] += 1000.0
+    data = da.from_array(sparse, chunks=(16, 64, 64))
+    norm = estimate_normalisation(data)
+    means = {}
+    for tries in (1, 8):
+        sampler = PatchSampler(data, (8, 32, 32), 4, norm, background_tries=tries)
+        try:
+            means[tries] = float(np.mean([sampler.next().mean().item() for _ in range(25)]))
+        finally:
+            sampler.close()
+    assert means[8] > means[1] + 0.1, means
 
 
 def test_sampler_rebuilt_from_its_state_draws_the_same_batches(tmp_path):

@@ -5,6 +5,7 @@ Bad input ends in one line on stderr (``volden: error: ...``) and exit status 1.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from contextlib import contextmanager
@@ -142,8 +143,12 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
               help="Stop after this much time (default 10 when --steps is not given).")
 @click.option("--patch", type=TRIPLE, default=None, help="Training patch (default: 16,64,64 on CPU, 32,96,96 on GPU).")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Patches per step (default 4 CPU, 8 GPU).")
-@click.option("--grid", type=TRIPLE, default="3,3,3", show_default=True, help="J-partition grid.")
+@click.option("--grid", type=TRIPLE, default="2,2,2", show_default=True, help="J-partition grid.")
+@click.option("--masked-phases", type=int, default=2, show_default=True,
+              help="Phases of the grid masked together in each patch.")
 @click.option("--fill", type=click.Choice(["donut", "random"]), default="donut", show_default=True)
+@click.option("--background-tries", type=int, default=1, show_default=True,
+              help="Draws per patch, the first bright enough (or the brightest) kept: above 1 favours foreground.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="UNet depth (default 2 CPU, 3 GPU).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="UNet base width (default 8 CPU, 32 GPU).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
@@ -152,8 +157,8 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
               help="Memory for the regions the patches are drawn from.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
-def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, fill, depth, width, device,
-          seed, cache_mb, resume, overwrite) -> None:
+def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, masked_phases, fill,
+          background_tries, depth, width, device, seed, cache_mb, resume, overwrite) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed).
 
     A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
@@ -165,8 +170,9 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     from .training import train as run_training
     from .volume import open_image
 
-    config = TrainConfig(patch=patch, batch=batch, grid=grid, fill=fill, steps=steps, minutes=minutes,
-                         depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb)
+    config = TrainConfig(patch=patch, batch=batch, grid=grid, masked_phases=masked_phases, fill=fill,
+                         background_tries=background_tries, steps=steps, minutes=minutes, depth=depth, width=width,
+                         device=device, seed=seed, cache_mb=cache_mb)
     image = open_image(input, array)
     each_channel = channel is None and image.channels > 1
     volume = image.volume(timepoint, channel or 0)
@@ -188,8 +194,9 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
             trained = [run_training(volume, target, config, resume=resume, progress=show)]
     for model in trained:
         last = model.history[-1] if model.history else {}
-        click.echo(f"saved {model.path} (best validation loss {model.training['best_val_loss']:.5f} "
-                   f"after {last.get('step', 0)} steps; loss curve in {Path(str(model.path)) / 'loss.png'})")
+        click.echo(f"saved {model.path} ({model.training['kept']} weights of {last.get('step', 0)} steps kept; validation "
+                   f"loss last {last.get('val_loss', math.nan):.5f}, best {model.training['best_val_loss']:.5f}; "
+                   f"loss curve in {Path(str(model.path)) / 'loss.png'})")
 
 
 @cli.command()

@@ -92,7 +92,7 @@ def _describe_model(model: Model) -> list[str]:
         f"model       {path} (sha256 {model.digest[:12]})",
         f"network     UNet depth {config.depth}, width {config.width}, pools {list(config.pools)}",
         f"normalise   mean {norm.mean:.4g}, std {norm.std:.4g}",
-        f"masking     grid {model.masking.get('grid')}, fill {model.masking.get('fill')}",
+        f"masking     grid {model.masking.get('grid')}, {model.masking.get('phases', 1)} phases masked, fill {model.masking.get('fill')}",
     ]
     if training:
         lines += [

@@ -28,7 +28,7 @@ from .masking import apply_mask, phase_mask
 from .normalisation import sample_chunk_indices
 
 Box = tuple[tuple[int, int], ...]
-GRID = (3, 3, 3)  # the training default: 1/27 of the voxels masked per phase
+GRID = (3, 3, 3)  # the loss's partition: 1/27 of the voxels per phase, the paper's density (about 1/25)
 BLOCK = (32, 64, 64)  # the blocks measured, at most this large
 BLOCKS = 8
 PHASES = 4  # per block: blocks differ in content more than phases do

@@ -1,17 +1,22 @@
 """3D J-partition masking for Noise2Self.
 
 A J-partition splits the voxels into ``gz * gy * gx`` phases by their coordinates modulo a
-grid. In training one phase is masked per sample: its voxels are replaced by a value that does
-not depend on them (the mean of their non-masked neighbours, the 'donut', or random values drawn
-from non-masked voxels), and the loss is taken on those voxels only. Because the fill is a
+grid. In training some phases are masked per sample: their voxels are replaced by a value that
+does not depend on them (the mean of their non-masked neighbours, the 'donut', or random values
+drawn from non-masked voxels), and the loss is taken on those voxels only. Because the fill is a
 normalised convolution over non-masked voxels, no fill value ever reads a masked voxel, whatever
-the grid spacing.
+the grid spacing and however many phases are masked together: a union of phases is a J of its
+own. More masked voxels mean more loss voxels per step, the lever against the noise of the
+targets.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,20 +37,31 @@ def phase_mask(
     return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
 
 
+def phases_mask(
+    shape: tuple[int, int, int],
+    grid: tuple[int, int, int],
+    numbers: list[int],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Boolean mask of the union of the phases numbered ``numbers`` (row-major over the grid)."""
+    masks = (phase_mask(shape, grid, tuple(int(i) for i in np.unravel_index(n, grid)), device) for n in numbers)
+    return functools.reduce(torch.logical_or, masks)
+
+
 def random_phase_masks(
     batch: int,
     shape: tuple[int, int, int],
     grid: tuple[int, int, int],
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    phases: int = 1,
 ) -> torch.Tensor:
-    """One randomly chosen phase per sample, as a (batch, 1, z, y, x) boolean tensor."""
-    phases = [
-        torch.randint(0, g, (batch,), generator=generator).tolist() for g in grid
-    ]
+    """``phases`` distinct phases drawn at random per sample and masked together, as a
+    (batch, 1, z, y, x) boolean tensor."""
+    count = math.prod(grid)
     masks = [
-        phase_mask(shape, grid, (phases[0][b], phases[1][b], phases[2][b]), device)
-        for b in range(batch)
+        phases_mask(shape, grid, torch.randperm(count, generator=generator)[:phases].tolist(), device)
+        for _ in range(batch)
     ]
     return torch.stack(masks)[:, None]
 
