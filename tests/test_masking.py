@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from volden.masking import apply_mask, donut_fill, masked_mse, phase_mask, random_phase_masks
+from volden.masking import apply_mask, donut_fill, masked_mse, neighbour_fill, phase_mask, random_phase_masks
 
 SHAPE = (9, 12, 15)
 GRIDS = [(3, 3, 3), (2, 2, 2), (1, 3, 3)]
@@ -63,7 +63,7 @@ def test_masks_of_several_phases_are_unions_of_distinct_phases():
 
 
 @pytest.mark.parametrize("phases", [1, 2])
-@pytest.mark.parametrize("fill", ["donut", "random"])
+@pytest.mark.parametrize("fill", ["donut", "neighbour", "random"])
 @pytest.mark.parametrize("grid", GRIDS)
 def test_fill_does_not_depend_on_masked_voxels(grid, fill, phases):
     """J-invariance of the network input: changing x on the masked voxels changes nothing."""
@@ -77,7 +77,7 @@ def test_fill_does_not_depend_on_masked_voxels(grid, fill, phases):
     assert torch.equal(a[~mask], x[~mask])
 
 
-@pytest.mark.parametrize("fill", ["donut", "random"])
+@pytest.mark.parametrize("fill", ["donut", "neighbour", "random"])
 @pytest.mark.parametrize("grid", GRIDS)
 def test_no_fill_value_uses_a_masked_voxel(grid, fill):
     x = _random_input()
@@ -109,6 +109,22 @@ def test_donut_fill_is_the_mean_of_unmasked_neighbours(grid):
                         values.append(float(x[0, 0][p]))
         assert values, "every masked voxel of these grids has unmasked neighbours"
         assert float(fill[0, 0, z, y, xx]) == pytest.approx(sum(values) / len(values), rel=1e-5)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_neighbour_fill_copies_an_unmasked_neighbour_drawn_at_random(grid):
+    """Each fill value is one of the voxel's non-masked neighbours, and the draws use all 26 directions."""
+    x = torch.arange(9 * 12 * 15, dtype=torch.float32).reshape(1, 1, *SHAPE)  # values name their voxel
+    mask = _masks(grid, batch=1, phases=2)
+    fill = neighbour_fill(x, mask, torch.Generator().manual_seed(4))
+    directions = set()
+    for z, y, xx in torch.nonzero(mask[0, 0]).tolist():
+        source = divmod(int(fill[0, 0, z, y, xx]), 12 * 15)
+        source = (source[0], *divmod(source[1], 15))
+        offset = (source[0] - z, source[1] - y, source[2] - xx)
+        assert max(map(abs, offset)) == 1 and not mask[0, 0][source]
+        directions.add(offset)
+    assert len(directions) >= 16
 
 
 def test_naive_donut_would_leak_with_unit_spacing():

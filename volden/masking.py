@@ -2,17 +2,18 @@
 
 A J-partition splits the voxels into ``gz * gy * gx`` phases by their coordinates modulo a
 grid. In training some phases are masked per sample: their voxels are replaced by a value that
-does not depend on them (the mean of their non-masked neighbours, the 'donut', or random values
-drawn from non-masked voxels), and the loss is taken on those voxels only. Because the fill is a
-normalised convolution over non-masked voxels, no fill value ever reads a masked voxel, whatever
-the grid spacing and however many phases are masked together: a union of phases is a J of its
-own. More masked voxels mean more loss voxels per step, the lever against the noise of the
-targets.
+does not depend on them (the mean of their non-masked neighbours, the 'donut'; one non-masked
+neighbour drawn at random, Noise2Void's manipulation; or random values drawn from non-masked
+voxels), and the loss is taken on those voxels only. Because every fill reads non-masked voxels
+only, no fill value ever depends on a masked voxel, whatever the grid spacing and however many
+phases are masked together: a union of phases is a J of its own. More masked voxels mean more
+loss voxels per step, the lever against the noise of the targets.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import Literal
 
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FillMode = Literal["donut", "random"]
-FILL_MODES: tuple[str, ...] = ("donut", "random")
+FillMode = Literal["donut", "neighbour", "random"]
+FILL_MODES: tuple[str, ...] = ("donut", "neighbour", "random")
+_NEIGHBOURS = [offset for offset in itertools.product((-1, 0, 1), repeat=3) if offset != (0, 0, 0)]
 
 
 def phase_mask(
@@ -81,10 +83,41 @@ def donut_fill(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     kernel = _donut_kernel(x.dtype, x.device)
     total = F.conv3d(x * keep, kernel, padding=1)
     count = F.conv3d(keep, kernel, padding=1)
-    sample_mean = (x * keep).sum(dim=(2, 3, 4), keepdim=True) / keep.sum(
-        dim=(2, 3, 4), keepdim=True
-    ).clamp_min(1)
-    return torch.where(count > 0, total / count.clamp_min(1), sample_mean)
+    return torch.where(count > 0, total / count.clamp_min(1), _sample_mean(x, keep))
+
+
+def _sample_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of each sample's kept voxels: the fill of a voxel with no kept neighbour."""
+    return (x * keep).sum(dim=(2, 3, 4), keepdim=True) / keep.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1)
+
+
+def neighbour_fill(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """On the masked voxels, the value of one of their 26 neighbours, drawn at random among the
+    non-masked ones.
+
+    The input keeps the noise's texture where the donut's mean is smoother than anything the
+    network sees at inference. One uniform draw per masked voxel picks the rank of the neighbour
+    among the available ones (drawn on the generator's device, so a CPU generator serves CUDA
+    too). Voxels without a non-masked neighbour get the sample's mean, as in :func:`donut_fill`.
+    """
+    keep = ~mask
+    padded_x = F.pad(x, (1,) * 6)  # a border of masked zeros: every voxel has 26 neighbours
+    padded_keep = F.pad(keep, (1,) * 6)
+    strides = torch.tensor(padded_x[:, 0].stride(), device=x.device)
+    masked = torch.nonzero(mask[:, 0])  # (n, 4): sample, z, y, x
+    centres = ((masked + torch.tensor([0, 1, 1, 1], device=x.device)) * strides).sum(1)
+    steps = (torch.tensor(_NEIGHBOURS, device=x.device) * strides[1:]).sum(1)
+    neighbours = centres[:, None] + steps[None, :]  # (n, 26) indices into the flat padded sample
+    available = padded_keep[:, 0].flatten()[neighbours]
+    count = available.sum(1)
+    draw = torch.rand(len(masked), generator=generator, device=generator.device if generator else x.device)
+    rank = (draw.to(x.device) * count).floor().long() + 1
+    choice = (available & (available.cumsum(1) == rank[:, None])).to(torch.uint8).argmax(1)
+    values = padded_x[:, 0].flatten()[neighbours[torch.arange(len(masked), device=x.device), choice]]
+    fallback = _sample_mean(x, keep.to(x.dtype)).flatten()[masked[:, 0]]
+    out = x.clone()
+    out[mask] = torch.where(count > 0, values, fallback)
+    return out
 
 
 def random_fill(
@@ -110,6 +143,8 @@ def apply_mask(
     """The network input of Noise2Self: ``x`` with the masked voxels replaced by the fill."""
     if fill == "donut":
         values = donut_fill(x, mask)
+    elif fill == "neighbour":
+        values = neighbour_fill(x, mask, generator)
     elif fill == "random":
         values = random_fill(x, mask, generator)
     else:
