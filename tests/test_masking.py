@@ -113,7 +113,8 @@ def test_donut_fill_is_the_mean_of_unmasked_neighbours(grid):
 
 @pytest.mark.parametrize("grid", GRIDS)
 def test_neighbour_fill_copies_an_unmasked_neighbour_drawn_at_random(grid):
-    """Each fill value is one of the voxel's non-masked neighbours, and the draws use all 26 directions."""
+    """Each fill value is one of the voxel's non-masked neighbours, and the draws spread over the
+    directions (a fill that always took the first available neighbour would use a few)."""
     x = torch.arange(9 * 12 * 15, dtype=torch.float32).reshape(1, 1, *SHAPE)  # values name their voxel
     mask = _masks(grid, batch=1, phases=2)
     fill = neighbour_fill(x, mask, torch.Generator().manual_seed(4))
