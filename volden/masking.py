@@ -109,10 +109,11 @@ def neighbour_fill(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generat
     steps = (torch.tensor(_NEIGHBOURS, device=x.device) * strides[1:]).sum(1)
     neighbours = centres[:, None] + steps[None, :]  # (n, 26) indices into the flat padded sample
     available = padded_keep[:, 0].flatten()[neighbours]
-    count = available.sum(1)
+    seen = available.cumsum(1, dtype=torch.uint8)  # available neighbours up to each direction
+    count = seen[:, -1]
     draw = torch.rand(len(masked), generator=generator, device=generator.device if generator else x.device)
-    rank = (draw.to(x.device) * count).floor().long() + 1
-    choice = (available & (available.cumsum(1) == rank[:, None])).to(torch.uint8).argmax(1)
+    rank = (draw.to(x.device) * count).floor().to(torch.uint8) + 1
+    choice = (seen < rank[:, None]).sum(1).clamp_max(len(_NEIGHBOURS) - 1)  # where the count reaches the rank
     values = padded_x[:, 0].flatten()[neighbours[torch.arange(len(masked), device=x.device), choice]]
     fallback = _sample_mean(x, keep.to(x.dtype)).flatten()[masked[:, 0]]
     out = x.clone()

@@ -21,9 +21,9 @@ from scipy import ndimage
 from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
 from volden.normalisation import estimate_normalisation
-from volden.predict import autocast, resolve_device
+from volden.predict import resolve_device
 from volden.sampler import augment
-from volden.training import build_network, lr_factor  # volden's schedule: N2T differs only in its loss
+from volden.training import build_network, lr_factor, training_autocast  # volden's schedule: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
@@ -196,7 +196,7 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * lr_factor(elapsed / budget_s)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
-        with autocast(device):
+        with training_autocast(device):
             out = network(x.to(device, memory_format=memory_format))
         loss = F.mse_loss(out.float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
