@@ -126,7 +126,7 @@ def test_model_files_and_history(trained):
     folder, _, model = trained
     meta = json.loads((folder / "model" / "model.json").read_text())
     assert meta["format"] == "volden-model"
-    assert meta["masking"] == {"grid": [2, 2, 2], "fill": "neighbour", "phases": 2}
+    assert meta["masking"] == {"grid": [2, 2, 2], "fill": "donut", "phases": 2}
     assert [h["step"] for h in meta["history"]] == [50, 100, 150]
     assert meta["training"]["best_val_loss"] == min(h["val_loss"] for h in meta["history"])
     assert (folder / "model" / "loss.png").stat().st_size > 1000

@@ -146,8 +146,8 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 @click.option("--grid", type=TRIPLE, default="2,2,2", show_default=True, help="J-partition grid.")
 @click.option("--masked-phases", type=int, default=2, show_default=True,
               help="Phases of the grid masked together in each patch.")
-@click.option("--fill", type=click.Choice(["donut", "neighbour", "random"]), default="neighbour", show_default=True,
-              help="What the masked voxels get: one non-masked neighbour's value, their mean, or any voxel's.")
+@click.option("--fill", type=click.Choice(["donut", "neighbour", "random"]), default="donut", show_default=True,
+              help="What the masked voxels get: their non-masked neighbours' mean, one such neighbour's value, or any voxel's.")
 @click.option("--background-tries", type=int, default=1, show_default=True,
               help="Draws per patch, the first bright enough (or the brightest) kept: above 1 favours foreground.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="UNet depth (default 2 CPU, 3 GPU).")
