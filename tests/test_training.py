@@ -27,7 +27,8 @@ from volden.metrics import psnr
 from volden.normalisation import estimate_normalisation
 from volden.sampler import MIN_REGIONS, PatchSampler, split_volume
 from volden.synth import synthetic_volume, write_synthetic
-from volden.training import TrainConfig, kept_weights, train
+from volden import training as training_module
+from volden.training import TrainConfig, kept_weights, train, training_autocast
 from volden.volume import Volume
 
 
@@ -144,6 +145,20 @@ def test_the_model_gets_the_last_weights_when_validation_does_not_object(trained
     assert saved.keys() == {k[len("network."):] for k in last if k.startswith("network.")}
     for name, tensor in saved.items():
         torch.testing.assert_close(tensor, last[f"network.{name}"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_computes_in_bf16_only_on_a_cpu_that_has_it(monkeypatch, native):
+    monkeypatch.setattr(training_module, "native_cpu_bf16", lambda: native)
+    with training_autocast(torch.device("cpu")):
+        out = torch.nn.Conv3d(1, 1, 3)(torch.ones(1, 1, 4, 4, 4))
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_weights_are_saved_in_float32_whatever_the_training_precision(trained):
+    folder, _, _ = trained
+    saved = load_file(str(folder / "model" / "weights.safetensors"))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
 
 
 def _history(*losses):
