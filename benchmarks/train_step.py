@@ -48,6 +48,7 @@ def main() -> None:
     precisions = {"float32": contextlib.nullcontext, "bf16 autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
     rows = [f"| network step, {name} | {milliseconds(lambda: network_step(p), args.repeats):.1f} |"
             for name, p in precisions.items()]
+
     def masks() -> torch.Tensor:
         return random_phase_masks(config.batch, config.patch, config.grid, generator, phases=config.masked_phases)
 

@@ -12,6 +12,7 @@ so a resumed run with a step budget trains on exactly what the uninterrupted run
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -108,8 +109,10 @@ class TrainConfig:
         )
 
 
+@functools.cache
 def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated.
+    Probed once: every training step asks."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
@@ -119,8 +122,8 @@ def training_autocast(device: torch.device) -> contextlib.AbstractContextManager
 
     On the 2-core AVX512-BF16 CPU of BENCHMARKS.md a step of the network takes 116 ms in bf16
     against 175 ms in float32, and 10 minutes of training make 1.5-1.8x the steps; emulated bf16
-    would be slower than float32. The weights, the loss and the
-    optimiser stay float32, and prediction keeps its own precision (``predict.autocast``).
+    would be slower than float32. The weights, the loss and the optimiser stay float32, and
+    prediction keeps its own precision (``predict.autocast``).
     """
     if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()):
         return torch.autocast(device.type, dtype=torch.bfloat16)
