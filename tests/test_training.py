@@ -1,11 +1,12 @@
 """Training: chunk reads stay within what the sampler asks for, PSNR improves, resume after a
-kill repeats the uninterrupted run, the region cache keeps to its bound."""
+kill repeats the uninterrupted run, a blown-up run is taken back, the region cache keeps to its bound."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
+import math
 import signal
 import subprocess
 import time
@@ -171,6 +172,31 @@ def test_validation_noise_keeps_the_last_weights_and_a_regression_the_best():
     assert kept_weights(_history(1.0, 0.90, 0.85, float("nan"))) == "best"
     assert kept_weights(_history(1.0, 1.2)) == "best"  # never improved on the first validation
     assert kept_weights(_history(1.0)) == "last"
+
+
+def test_a_run_thrown_off_goes_back_and_ends_on_sound_weights(tmp_path, monkeypatch):
+    """Every weight multiplied by 100 before step 211, as a blown-up step would leave them: the guard
+    takes the run back to its snapshot of step 100 at half the rate, and the run ends sound."""
+    path = write_synthetic(tmp_path / "vol.zarr", shape=(32, 128, 128), chunks=(16, 64, 64), photons=20.0, seed=1)
+    volume = volden.open_volume(path)
+    real_step, calls = training_module.train_step, itertools.count()
+
+    def thrown_off(network, *args):
+        if next(calls) == 210:
+            with torch.no_grad():
+                for parameter in network.parameters():
+                    parameter.mul_(100.0)
+        return real_step(network, *args)
+
+    monkeypatch.setattr(training_module, "train_step", thrown_off)
+    config = TrainConfig(steps=260, width=8, patch=(16, 64, 64), batch=4, validate_every=65)
+    model = train(volume, tmp_path / "model", config)
+    assert model.training["restarts"] == 1
+    lrs = {h["step"]: h["lr"] for h in model.history}
+    assert lrs[195] == pytest.approx(config.learning_rate * training_module.lr_factor(194 / 260))
+    assert lrs[260] == pytest.approx(config.learning_rate * 0.5 * training_module.lr_factor(259 / 260))
+    val = [h["val_loss"] for h in model.history]
+    assert math.isfinite(val[-1]) and val[-1] < val[0], val
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):

@@ -98,6 +98,7 @@ def _describe_model(model: Model) -> list[str]:
         lines += [
             f"trained on  {training.get('input')}" + (f" (array {training['array']})" if training.get("array") else ""),
             f"training    {training.get('steps_done')} steps in {training.get('seconds')} s, patch "
-            f"{training.get('patch')}, batch {training.get('batch')}, best validation loss {training.get('best_val_loss')}",
+            f"{training.get('patch')}, batch {training.get('batch')}, best validation loss {training.get('best_val_loss')}"
+            + (f", {training['restarts']} restarts after divergence" if training.get("restarts") else ""),
         ]
     return lines

@@ -1,7 +1,8 @@
 """Noise2Self training: masked patches in, loss on the masked voxels, the annealed model kept.
 
 The budget is steps, minutes, or both (whichever ends first); the learning rate follows a
-cosine over that budget. Every ``validate_every`` steps the self-supervised loss on the
+cosine over that budget, halved for the rest of the run each time ``divergence`` takes a
+blown-up run back. Every ``validate_every`` steps the self-supervised loss on the
 held-out patches (fixed phases) is measured, the best weights so far are written aside (see
 :func:`kept_weights` for which weights the model gets), and a checkpoint
 (weights, optimiser, step, history, sampler state) is written so ``resume`` can continue after a
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .divergence import DivergenceGuard
 from .errors import VoldenError
 from .masking import FILL_MODES, apply_mask, masked_mse, phases_mask, random_phase_masks
 from .model import Model, ModelSet, save_channel_index, save_model
@@ -288,6 +290,7 @@ def train(
         source = load_file(str(best_file)) if best_file.exists() else network.state_dict()
         best = {k: v.detach().to(device).clone() for k, v in source.items()}
 
+    guard = DivergenceGuard(network, optimizer, state.get("guard"))
     sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed,
                            cache_mb=config.cache_mb, background_tries=config.background_tries, state=state.get("sampler"))
     val_patches = sampler.validation_patches()
@@ -312,12 +315,13 @@ def train(
             elapsed = time.perf_counter() - start
             fraction = max(step / config.steps if config.steps else 0.0, elapsed / budget_s)
             for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * lr_factor(fraction)
+                group["lr"] = config.learning_rate * guard.lr_scale * lr_factor(fraction)
             x = sampler.next().to(device)
             loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device)
             step += 1
-            losses.append(loss.item())
-            loss_value = losses[-1]
+            loss_value = loss.item()
+            losses.append(loss_value)
+            guard.diverged(loss_value)
             elapsed = time.perf_counter() - start
             if step % config.validate_every == 0 or finished(step, elapsed):
                 val = validation_loss(network, val_patches, val_masks, config.fill, device)
@@ -331,7 +335,7 @@ def train(
                     best = {k: v.detach().clone() for k, v in network.state_dict().items()}
                     (output / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
                     _save_tensors(best, output / CHECKPOINT_DIR / BEST_FILE)
-                state.update(step=step, elapsed=elapsed, sampler=sampler.state)
+                state.update(step=step, elapsed=elapsed, sampler=sampler.state, guard=guard.state)
                 _save_checkpoint(output / CHECKPOINT_DIR, network, optimizer, state)
             if progress:
                 rate = voxels_per_step * (step - first_step) / max(elapsed - first_elapsed, 1e-9)
@@ -355,6 +359,7 @@ def train(
         "seconds": round(time.perf_counter() - start, 1),
         "best_val_loss": state["best_val"],
         "kept": kept,
+        "restarts": guard.restarts,
         "validation_held_out": sampler.split.held_out,
     }
     save_model(model, output)

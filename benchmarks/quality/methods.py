@@ -20,10 +20,11 @@ from scipy import ndimage
 
 from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
+from volden.divergence import DivergenceGuard
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
-from volden.training import build_network, lr_factor, training_autocast  # volden's schedule: N2T differs only in its loss
+from volden.training import build_network, lr_factor, training_autocast  # volden's schedule and guard: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
@@ -159,7 +160,12 @@ def predict_with(model: Model, case: Case, views: int = DEFAULT_VIEWS) -> tuple[
 def volden_default(case: Case, settings: Settings, work: Path) -> Run:
     model, train_s = timed(train, case.noisy, work / "volden-model", settings.train_config())
     denoised, predict_s = predict_with(model, case)
-    return Run(denoised, train_s, predict_s, note=f"{model.training['steps_done']} steps")
+    return Run(denoised, train_s, predict_s, note=steps_note(model.training["steps_done"], model.training["restarts"]))
+
+
+def steps_note(steps: int, restarts: int) -> str:
+    """A training row's note: its steps, and how often ``DivergenceGuard`` took it back."""
+    return f"{steps} steps" + (f", {restarts} restarts after divergence" if restarts else "")
 
 
 TTA_VIEWS = 4
@@ -189,12 +195,13 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     torch.manual_seed(config.seed)
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    guard = DivergenceGuard(network, optimizer)
     rng = np.random.default_rng(config.seed)
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * lr_factor(elapsed / budget_s)
+            group["lr"] = config.learning_rate * guard.lr_scale * lr_factor(elapsed / budget_s)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
         with training_autocast(device):
             out = network(x.to(device, memory_format=memory_format))
@@ -202,11 +209,12 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        guard.diverged(loss.item())
         steps += 1
     train_s = time.perf_counter() - start
     network = network.to("cpu", memory_format=torch.contiguous_format).eval()
     denoised, predict_s = predict_with(Model(network, normalisation, {"supervised": True}), case)
-    return Run(denoised, train_s, predict_s, note=f"{steps} steps")
+    return Run(denoised, train_s, predict_s, note=steps_note(steps, guard.restarts))
 
 
 def paired_batch(noisy: np.ndarray, clean: np.ndarray, patch: tuple[int, int, int], batch: int,
