@@ -193,8 +193,8 @@ def test_a_run_thrown_off_goes_back_and_ends_on_sound_weights(tmp_path, monkeypa
     model = train(volume, tmp_path / "model", config)
     assert model.training["restarts"] == 1
     lrs = {h["step"]: h["lr"] for h in model.history}
-    assert lrs[195] == pytest.approx(config.learning_rate * training_module.lr_factor(194 / 260))
-    assert lrs[260] == pytest.approx(config.learning_rate * 0.5 * training_module.lr_factor(259 / 260))
+    assert lrs[195] == pytest.approx(config.learning_rate * training_module.lr_factor(194 / 260, config.lr_floor))
+    assert lrs[260] == pytest.approx(config.learning_rate * 0.5 * training_module.lr_factor(259 / 260, config.lr_floor))
     val = [h["val_loss"] for h in model.history]
     assert math.isfinite(val[-1]) and val[-1] < val[0], val
 
@@ -332,3 +332,17 @@ def test_cache_keeps_to_its_bound(tmp_path):
 def test_cache_bound_must_be_positive(cache_mb):
     with pytest.raises(VoldenError, match="--cache-mb must be a positive number"):
         TrainConfig(cache_mb=cache_mb)
+
+
+@pytest.mark.parametrize("lr_floor", [-0.1, 1.5, float("nan")])
+def test_learning_rate_floor_is_a_share(lr_floor):
+    with pytest.raises(VoldenError, match="lr_floor must be from 0 to 1"):
+        TrainConfig(lr_floor=lr_floor)
+
+
+def test_schedule_runs_from_the_full_rate_to_the_floor():
+    floor = TrainConfig().lr_floor
+    assert training_module.lr_factor(0.0, floor) == pytest.approx(1.0)
+    assert training_module.lr_factor(0.5, floor) == pytest.approx((1 + floor) / 2)
+    assert training_module.lr_factor(1.0, floor) == pytest.approx(floor)
+    assert training_module.lr_factor(3.0, floor) == pytest.approx(floor)

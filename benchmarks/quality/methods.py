@@ -201,7 +201,7 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * guard.lr_scale * lr_factor(elapsed / budget_s)
+            group["lr"] = config.learning_rate * guard.lr_scale * lr_factor(elapsed / budget_s, config.lr_floor)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
         with training_autocast(device):
             out = network(x.to(device, memory_format=memory_format))
