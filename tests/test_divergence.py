@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from volden.divergence import PERSIST, SPIKE, WINDOW, DivergenceGuard
+from volden.divergence import PERSIST, SPIKE, WINDOW, DivergenceGuard, restarts_note
 
 
 def _run(steps: int, seed: int = 0):
@@ -76,3 +76,9 @@ def test_the_guard_resumes_from_its_state():
     resumed = DivergenceGuard(network, torch.optim.Adam(network.parameters()), guard.state)
     assert (resumed.lr_scale, resumed.restarts, list(resumed.recent)) == (0.5, 1, list(guard.recent))
     assert [resumed.diverged(_spike(guard)) for _ in range(PERSIST)] == [False] * (PERSIST - 1) + [True]
+
+
+def test_summaries_name_restarts_only_when_there_were_some():
+    assert restarts_note(0) == ""
+    assert restarts_note(1) == ", 1 restart after divergence"
+    assert restarts_note(3) == ", 3 restarts after divergence"

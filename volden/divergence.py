@@ -77,3 +77,8 @@ class DivergenceGuard:
     def _snapshot(self) -> None:
         weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
         self.snapshots.append((weights, copy.deepcopy(self.optimizer.state_dict())))
+
+
+def restarts_note(restarts: int) -> str:
+    """How a summary of a run mentions the guard: nothing when it never took the run back."""
+    return f", {restarts} restart{'s' * (restarts > 1)} after divergence" if restarts else ""

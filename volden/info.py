@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .divergence import restarts_note
 from .ledger import Ledger
 from .model import Model, is_model_folder, load_models
 from .tiling import Tiling
@@ -99,6 +100,6 @@ def _describe_model(model: Model) -> list[str]:
             f"trained on  {training.get('input')}" + (f" (array {training['array']})" if training.get("array") else ""),
             f"training    {training.get('steps_done')} steps in {training.get('seconds')} s, patch "
             f"{training.get('patch')}, batch {training.get('batch')}, best validation loss {training.get('best_val_loss')}"
-            + (f", {training['restarts']} restarts after divergence" if training.get("restarts") else ""),
+            + restarts_note(training.get("restarts", 0)),
         ]
     return lines

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
-from volden.divergence import DivergenceGuard
+from volden.divergence import DivergenceGuard, restarts_note
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
@@ -165,7 +165,7 @@ def volden_default(case: Case, settings: Settings, work: Path) -> Run:
 
 def steps_note(steps: int, restarts: int) -> str:
     """A training row's note: its steps, and how often ``DivergenceGuard`` took it back."""
-    return f"{steps} steps" + (f", {restarts} restarts after divergence" if restarts else "")
+    return f"{steps} steps" + restarts_note(restarts)
 
 
 TTA_VIEWS = 4
