@@ -56,7 +56,7 @@ class TrainConfig:
     steps: int | None = None
     minutes: float | None = None
     learning_rate: float = 4e-3  # measured against 2e-3 and 8e-3 on the quality benchmark (BENCHMARKS.md)
-    lr_floor: float = 0.0  # the schedule's last share of learning_rate; 0 beat 0.05 by +0.18 dB (BENCHMARKS.md)
+    lr_floor: float = 0.0  # the schedule's last share of learning_rate; 0 against 0.05: BENCHMARKS.md
     depth: int | None = None
     width: int | None = None
     device: str = "auto"
