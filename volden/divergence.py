@@ -75,8 +75,12 @@ class DivergenceGuard:
         return False
 
     def _snapshot(self) -> None:
-        weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
-        self.snapshots.append((weights, copy.deepcopy(self.optimizer.state_dict())))
+        self.snapshots.append((weights_copy(self.network), copy.deepcopy(self.optimizer.state_dict())))
+
+
+def weights_copy(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's weights as they are now: later steps update the live tensors in place."""
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
 def restarts_note(restarts: int) -> str:

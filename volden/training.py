@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .divergence import DivergenceGuard
+from .divergence import DivergenceGuard, weights_copy
 from .errors import VoldenError
 from .masking import FILL_MODES, apply_mask, masked_mse, phases_mask, random_phase_masks
 from .model import Model, ModelSet, save_channel_index, save_model
@@ -286,7 +286,7 @@ def train(
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
-    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    best = weights_copy(network)
     if resume:
         state = _load_checkpoint(output / CHECKPOINT_DIR, network, optimizer)
         best_file = output / CHECKPOINT_DIR / BEST_FILE
@@ -335,7 +335,7 @@ def train(
                 losses = []
                 if val < state["best_val"]:
                     state["best_val"] = val
-                    best = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    best = weights_copy(network)
                     (output / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
                     _save_tensors(best, output / CHECKPOINT_DIR / BEST_FILE)
                 state.update(step=step, elapsed=elapsed, sampler=sampler.state, guard=guard.state)
