@@ -193,8 +193,9 @@ def test_a_run_thrown_off_goes_back_and_ends_on_sound_weights(tmp_path, monkeypa
     model = train(volume, tmp_path / "model", config)
     assert model.training["restarts"] == 1
     lrs = {h["step"]: h["lr"] for h in model.history}
-    assert lrs[195] == pytest.approx(config.learning_rate * training_module.lr_factor(194 / 260, config.lr_floor))
-    assert lrs[260] == pytest.approx(config.learning_rate * 0.5 * training_module.lr_factor(259 / 260, config.lr_floor))
+    rate = config.resolve(volume.shape, torch.device("cpu")).learning_rate
+    assert lrs[195] == pytest.approx(rate * training_module.lr_factor(194 / 260, config.lr_floor))
+    assert lrs[260] == pytest.approx(rate * 0.5 * training_module.lr_factor(259 / 260, config.lr_floor))
     val = [h["val_loss"] for h in model.history]
     assert math.isfinite(val[-1]) and val[-1] < val[0], val
 
@@ -346,3 +347,45 @@ def test_schedule_runs_from_the_full_rate_to_the_floor():
     assert training_module.lr_factor(0.5, floor) == pytest.approx((1 + floor) / 2)
     assert training_module.lr_factor(1.0, floor) == pytest.approx(floor)
     assert training_module.lr_factor(3.0, floor) == pytest.approx(floor)
+
+
+@pytest.mark.parametrize("warmup_steps", [-1, -100])
+def test_warmup_is_a_step_count(warmup_steps):
+    with pytest.raises(VoldenError, match="warmup_steps must be 0 or more"):
+        TrainConfig(warmup_steps=warmup_steps)
+
+
+def test_learning_rate_rises_linearly_then_follows_the_cosine():
+    config = TrainConfig(warmup_steps=100, learning_rate=4e-3)
+    assert training_module.scheduled_lr(config, 0, 0.0) == pytest.approx(config.learning_rate / 100)
+    assert training_module.scheduled_lr(config, 49, 0.0) == pytest.approx(config.learning_rate / 2)
+    assert training_module.scheduled_lr(config, 99, 0.5) == pytest.approx(config.learning_rate * training_module.lr_factor(0.5, config.lr_floor))
+    assert training_module.scheduled_lr(dataclasses.replace(config, warmup_steps=0), 0, 0.0) == pytest.approx(config.learning_rate)
+
+
+def test_learning_rate_scales_inversely_with_the_width():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert TrainConfig().resolve((64, 256, 256), cpu).learning_rate == pytest.approx(4e-3)
+    assert TrainConfig().resolve((64, 256, 256), gpu).learning_rate == pytest.approx(1e-3)
+    assert TrainConfig(width=16).resolve((64, 256, 256), cpu).learning_rate == pytest.approx(2e-3)
+    assert TrainConfig(width=32, learning_rate=3e-3).resolve((64, 256, 256), cpu).learning_rate == 3e-3
+
+
+@pytest.mark.parametrize("learning_rate", [0.0, -1e-3, float("nan"), float("inf")])
+def test_learning_rate_must_be_positive(learning_rate):
+    with pytest.raises(VoldenError, match="learning_rate must be a positive number"):
+        TrainConfig(learning_rate=learning_rate)
+
+
+def test_the_gpus_wide_network_trains_where_the_cpus_rate_throws_it_off(tmp_path):
+    """The GPU's default network (width 32, depth 3, batch 8) at the CPU network's rate from its
+    first step: Adam's first steps throw it off (the mean loss of the first 12 steps is in the
+    thousands). At its own rate, warmed up, it learns."""
+    path = write_synthetic(tmp_path / "vol.zarr", shape=(32, 128, 128), chunks=(16, 64, 64), photons=5.0, seed=1)
+    volume = volden.open_volume(path)
+    wide = dict(steps=12, validate_every=12, width=32, depth=3, batch=8, patch=(16, 64, 64), device="cpu")
+    first_losses = {
+        name: train(volume, tmp_path / name, TrainConfig(**wide, **settings)).history[0]["loss"]
+        for name, settings in {"cpu-rate": dict(learning_rate=4e-3, warmup_steps=0), "defaults": {}}.items()
+    }
+    assert first_losses["cpu-rate"] > 100 and first_losses["defaults"] < 1.5, first_losses

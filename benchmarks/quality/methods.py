@@ -24,7 +24,7 @@ from volden.divergence import DivergenceGuard, restarts_note
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
-from volden.training import build_network, lr_factor, training_autocast  # volden's schedule and guard: N2T differs only in its loss
+from volden.training import build_network, scheduled_lr, training_autocast  # volden's schedule and guard: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
@@ -201,7 +201,7 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * guard.lr_scale * lr_factor(elapsed / budget_s, config.lr_floor)
+            group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
         with training_autocast(device):
             out = network(x.to(device, memory_format=memory_format))
