@@ -21,6 +21,7 @@ from scipy import ndimage
 from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
 from volden.divergence import DivergenceGuard, restarts_note
+from volden.masking import apply_mask, masked_mse, random_phase_masks
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
@@ -186,6 +187,18 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     """volden's network, patches and learning-rate schedule, trained supervised: the noisy patch
     in, the MSE to the clean patch on every voxel (no mask). What volden would reach if it had
     clean data, for the same time."""
+    return supervised(case, settings, masked=False)
+
+
+def noise2truth_masked(case: Case, settings: Settings, work: Path) -> Run:
+    """Noise2Truth through volden's masks: the masked and filled patch in, the MSE to the clean
+    patch on the masked voxels only. volden with clean targets: the gap from volden to it is
+    the noise of volden's targets, the gap from it to ``n2t`` what the mask hides."""
+    return supervised(case, settings, masked=True)
+
+
+def supervised(case: Case, settings: Settings, masked: bool) -> Run:
+    """Training on noisy-clean pairs, with or without volden's masks (see the two callers)."""
     volume = case.noisy
     device = resolve_device("auto")
     config = settings.train_config().resolve(volume.shape, device)
@@ -197,15 +210,19 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     guard = DivergenceGuard(network, optimizer)
     rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
         x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
+        if masked:
+            mask = random_phase_masks(config.batch, config.patch, config.grid, generator, phases=config.masked_phases)
+            x = apply_mask(x, mask, config.fill, generator)
         with training_autocast(device):
             out = network(x.to(device, memory_format=memory_format))
-        loss = F.mse_loss(out.float(), y.to(device))
+        loss = masked_mse(out.float(), y.to(device), mask.to(device)) if masked else F.mse_loss(out.float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -238,4 +255,5 @@ METHODS = {
     "volden": volden_default,
     "volden-tta": volden_tta,
     "n2t": noise2truth,
+    "n2t-masked": noise2truth_masked,
 }
