@@ -41,7 +41,7 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 BEST_FILE = "best.safetensors"
 MIN_PATCH = 8
-BASE_LR, BASE_WIDTH = 4e-3, 8  # measured against 2e-3 and 8e-3 on the quality benchmark (BENCHMARKS.md)
+BASE_LR, BASE_WIDTH = 2e-3, 8  # 2e-3 against 4e-3 at 10 minutes: BENCHMARKS.md, "Where the gap to Noise2Truth comes from"
 
 
 @dataclass(frozen=True)
