@@ -241,16 +241,17 @@ def build_network(config: TrainConfig, voxel_size: tuple[float, float, float] | 
 
 
 def train_step(network: UNet3D, optimizer: torch.optim.Optimizer, x: torch.Tensor, config: TrainConfig,
-               generator: torch.Generator, device: torch.device) -> torch.Tensor:
+               generator: torch.Generator, device: torch.device, target: torch.Tensor | None = None) -> torch.Tensor:
     """One Noise2Self step on the batch ``x`` (on ``device``): random phases masked per patch
-    and filled, the loss taken on the masked voxels; returns the loss without waiting for it."""
+    and filled, the loss taken on the masked voxels against ``x`` itself, or against ``target``
+    (the quality benchmark's clean patches); returns the loss without waiting for it."""
     mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator, phases=config.masked_phases).to(device)
     inputs = apply_mask(x, mask, config.fill, generator)
     if device.type == "cpu":
         inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     with training_autocast(device):
         out = network(inputs)
-    loss = masked_mse(out.float(), x, mask)
+    loss = masked_mse(out.float(), x if target is None else target, mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

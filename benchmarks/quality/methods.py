@@ -21,11 +21,10 @@ from scipy import ndimage
 from volden import Model, TrainConfig, denoise, load_model, train
 from volden.calibrate import calibrate
 from volden.divergence import DivergenceGuard, restarts_note
-from volden.masking import apply_mask, masked_mse, random_phase_masks
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
-from volden.training import build_network, scheduled_lr, training_autocast  # volden's schedule and guard: N2T differs only in its loss
+from volden.training import build_network, scheduled_lr, train_step, training_autocast  # volden's schedule and guard: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
@@ -216,16 +215,16 @@ def supervised(case: Case, settings: Settings, masked: bool) -> Run:
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
-        x, y = paired_batch(noisy, clean, config.patch, config.batch, rng)
+        x, y = (a.to(device) for a in paired_batch(noisy, clean, config.patch, config.batch, rng))
         if masked:
-            mask = random_phase_masks(config.batch, config.patch, config.grid, generator, phases=config.masked_phases)
-            x = apply_mask(x, mask, config.fill, generator)
-        with training_autocast(device):
-            out = network(x.to(device, memory_format=memory_format))
-        loss = masked_mse(out.float(), y.to(device), mask.to(device)) if masked else F.mse_loss(out.float(), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            loss = train_step(network, optimizer, x, config, generator, device, target=y)
+        else:
+            with training_autocast(device):
+                out = network(x.to(memory_format=memory_format))
+            loss = F.mse_loss(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         guard.diverged(loss.item())
         steps += 1
     train_s = time.perf_counter() - start
