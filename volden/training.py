@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .divergence import DivergenceGuard, weights_copy
@@ -240,6 +241,22 @@ def build_network(config: TrainConfig, voxel_size: tuple[float, float, float] | 
     return UNet3D(unet).to(device, memory_format=memory_format)
 
 
+def descend(network: UNet3D, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, target: torch.Tensor,
+            device: torch.device, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on the squared error of ``network(inputs)`` to ``target``, over the
+    ``mask``ed voxels or all of them (the quality benchmark's Noise2Truth); returns the loss
+    without waiting for it."""
+    if device.type == "cpu":
+        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+    with training_autocast(device):
+        out = network(inputs).float()
+    loss = F.mse_loss(out, target) if mask is None else masked_mse(out, target, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_step(network: UNet3D, optimizer: torch.optim.Optimizer, x: torch.Tensor, config: TrainConfig,
                generator: torch.Generator, device: torch.device, target: torch.Tensor | None = None) -> torch.Tensor:
     """One Noise2Self step on the batch ``x`` (on ``device``): random phases masked per patch
@@ -247,15 +264,7 @@ def train_step(network: UNet3D, optimizer: torch.optim.Optimizer, x: torch.Tenso
     (the quality benchmark's clean patches); returns the loss without waiting for it."""
     mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator, phases=config.masked_phases).to(device)
     inputs = apply_mask(x, mask, config.fill, generator)
-    if device.type == "cpu":
-        inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
-    with training_autocast(device):
-        out = network(inputs)
-    loss = masked_mse(out.float(), x if target is None else target, mask)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+    return descend(network, optimizer, inputs, x if target is None else target, device, mask)
 
 
 def validation_loss(network, patches: torch.Tensor, masks: torch.Tensor, fill: str, device) -> float:

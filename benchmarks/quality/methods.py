@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from volden import Model, TrainConfig, denoise, load_model, train
@@ -24,7 +23,7 @@ from volden.divergence import DivergenceGuard, restarts_note
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
-from volden.training import build_network, scheduled_lr, train_step, training_autocast  # volden's schedule and guard: N2T differs only in its loss
+from volden.training import build_network, descend, scheduled_lr, train_step  # volden's schedule and guard: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
 from .volumes import Case
@@ -210,7 +209,6 @@ def supervised(case: Case, settings: Settings, masked: bool) -> Run:
     guard = DivergenceGuard(network, optimizer)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
     budget_s, steps = config.minutes * 60, 0
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
@@ -219,12 +217,7 @@ def supervised(case: Case, settings: Settings, masked: bool) -> Run:
         if masked:
             loss = train_step(network, optimizer, x, config, generator, device, target=y)
         else:
-            with training_autocast(device):
-                out = network(x.to(memory_format=memory_format))
-            loss = F.mse_loss(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = descend(network, optimizer, x, y, device)
         guard.diverged(loss.item())
         steps += 1
     train_s = time.perf_counter() - start
