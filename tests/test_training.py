@@ -26,7 +26,7 @@ from volden import sampler as sampler_module
 from volden.errors import VoldenError
 from volden.metrics import psnr
 from volden.normalisation import estimate_normalisation
-from volden.sampler import MIN_REGIONS, PatchSampler, split_volume
+from volden.sampler import MIN_REGIONS, PatchSampler, augment, split_volume
 from volden.synth import synthetic_volume, write_synthetic
 from volden import training as training_module
 from volden.training import TrainConfig, kept_weights, train, training_autocast
@@ -210,6 +210,19 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed.training["steps_done"] == 8
     assert resumed.training["best_val_loss"] == min(h["val_loss"] for h in resumed.history)
     assert (tmp_path / "m" / "checkpoint" / "best.safetensors").exists()
+
+
+def test_augment_turns_a_stack_of_volumes_alike_through_all_eight_yx_symmetries():
+    """The quality benchmark stacks noisy and clean patches on a first axis: both must turn alike."""
+    patch = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(200):
+        out = augment(np.stack([patch, 10 * patch]), rng)
+        np.testing.assert_array_equal(out[1], 10 * out[0])
+        assert sorted(out[0].ravel()) == sorted(patch.ravel())
+        seen.add(out[0].tobytes())
+    assert len(seen) == 8
 
 
 def test_background_tries_favour_bright_patches():

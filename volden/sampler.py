@@ -59,13 +59,13 @@ def split_volume(shape: tuple[int, ...], patch: tuple[int, ...], fraction: float
 
 
 def augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random flips along y and x and a random quarter turn in the yx plane (when square)."""
-    if rng.random() < 0.5:
-        patch = patch[:, ::-1]
-    if rng.random() < 0.5:
-        patch = patch[:, :, ::-1]
-    if patch.shape[1] == patch.shape[2]:
-        patch = np.rot90(patch, int(rng.integers(4)), axes=(1, 2))
+    """Random flips along y and x and a random quarter turn in the yx plane (when square), of
+    the last three axes (so noisy-clean pairs stacked on a first axis turn alike)."""
+    for axis in (-2, -1):
+        if rng.random() < 0.5:
+            patch = np.flip(patch, axis)
+    if patch.shape[-2] == patch.shape[-1]:
+        patch = np.rot90(patch, int(rng.integers(4)), axes=(-2, -1))
     return np.ascontiguousarray(patch)
 
 

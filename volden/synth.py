@@ -128,12 +128,17 @@ def _expected_adu(signal: np.ndarray, photons: float, camera: Camera) -> np.ndar
     return (camera.offset + camera.gain * expected_photons).astype(np.float32)
 
 
-def _record(clean: np.ndarray, photons: float, camera: Camera, seed: int, block_id) -> np.ndarray:
-    rng = np.random.default_rng([seed, 7919, *block_id])
+def record(clean: np.ndarray, camera: Camera, rng: np.random.Generator) -> np.ndarray:
+    """One noisy recording (uint16 ADU) of the expectation ``clean`` (ADU) by ``camera``."""
     expected_photons = (clean - camera.offset) / camera.gain
     electrons = rng.poisson(expected_photons) + rng.normal(0, camera.read_noise, clean.shape)
     adu = np.rint(camera.offset + camera.gain * electrons)
     return np.clip(adu, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def noise_stream(seed: int, block_id: tuple[int, ...]) -> np.random.Generator:
+    """The generator of block ``block_id``'s noise: any block can be recorded on its own."""
+    return np.random.default_rng([seed, 7919, *block_id])
 
 
 def synthetic_volume(
@@ -158,7 +163,7 @@ def synthetic_volume(
 
     clean = da.map_blocks(clean_block, chunks=da.core.normalize_chunks(chunks, shape), dtype=np.float32)
     noisy = da.map_blocks(
-        lambda block, block_id=None: _record(block, photons, camera, seed, block_id),
+        lambda block, block_id=None: record(block, camera, noise_stream(seed, block_id)),
         clean,
         dtype=np.uint16,
     )

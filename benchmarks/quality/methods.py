@@ -23,6 +23,7 @@ from volden.divergence import DivergenceGuard, restarts_note
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
+from volden.synth import Camera, record
 from volden.training import build_network, descend, scheduled_lr, train_step  # volden's schedule and guard: N2T differs only in its loss
 from volden.views import DEFAULT_VIEWS
 
@@ -185,24 +186,34 @@ def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
     """volden's network, patches and learning-rate schedule, trained supervised: the noisy patch
     in, the MSE to the clean patch on every voxel (no mask). What volden would reach if it had
     clean data, for the same time."""
-    return supervised(case, settings, masked=False)
+    return trained_on_clean(case, settings, "n2t")
 
 
 def noise2truth_masked(case: Case, settings: Settings, work: Path) -> Run:
     """Noise2Truth through volden's masks: the masked and filled patch in, the MSE to the clean
     patch on the masked voxels only. volden with clean targets: the gap from volden to it is
     the noise of volden's targets, the gap from it to ``n2t`` what the mask hides."""
-    return supervised(case, settings, masked=True)
+    return trained_on_clean(case, settings, "n2t-masked")
 
 
-def supervised(case: Case, settings: Settings, masked: bool) -> Run:
-    """Training on noisy-clean pairs, with or without volden's masks (see the two callers)."""
+def volden_fresh_noise(case: Case, settings: Settings, work: Path) -> Run:
+    """volden's training (masks, fill, the loss against the patch itself) on a new recording of
+    the clean patch each time, by the camera that recorded the volume: volden with endless noise
+    realisations instead of one. The gap from volden to it is what one realisation costs; from
+    it to ``n2t-masked``, what the targets' noise costs within the time."""
+    return trained_on_clean(case, settings, "fresh")
+
+
+def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
+    """The loop of the three methods above, which draw their patches from the clean volume;
+    ``kind`` is the method's name. Prediction is on the noisy volume, as for volden."""
     volume = case.noisy
     device = resolve_device("auto")
     config = settings.train_config().resolve(volume.shape, device)
     start = time.perf_counter()
     normalisation = estimate_normalisation(volume.data, seed=config.seed)
-    noisy, clean = (normalisation.apply(a) for a in (volume.data.compute(), case.clean))
+    clean_adu = case.clean
+    noisy, clean = normalisation.apply(volume.data.compute()), normalisation.apply(clean_adu)
     torch.manual_seed(config.seed)
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
@@ -213,30 +224,36 @@ def supervised(case: Case, settings: Settings, masked: bool) -> Run:
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
-        x, y = (a.to(device) for a in paired_batch(noisy, clean, config.patch, config.batch, rng))
-        if masked:
-            loss = train_step(network, optimizer, x, config, generator, device, target=y)
+        if kind == "fresh":
+            (expected,) = aligned_patches((clean_adu,), config.patch, config.batch, rng)
+            x = torch.from_numpy(normalisation.apply(record(expected, Camera(), rng))).to(device)
+            loss = train_step(network, optimizer, x, config, generator, device)
         else:
-            loss = descend(network, optimizer, x, y, device)
+            x, y = (torch.from_numpy(a).to(device) for a in
+                    aligned_patches((noisy, clean), config.patch, config.batch, rng))
+            if kind == "n2t-masked":
+                loss = train_step(network, optimizer, x, config, generator, device, target=y)
+            else:
+                loss = descend(network, optimizer, x, y, device)
         guard.diverged(loss.item())
         steps += 1
     train_s = time.perf_counter() - start
     network = network.to("cpu", memory_format=torch.contiguous_format).eval()
-    denoised, predict_s = predict_with(Model(network, normalisation, {"supervised": True}), case)
+    denoised, predict_s = predict_with(Model(network, normalisation, {"supervised": kind}), case)
     return Run(denoised, train_s, predict_s, note=steps_note(steps, guard.restarts))
 
 
-def paired_batch(noisy: np.ndarray, clean: np.ndarray, patch: tuple[int, int, int], batch: int,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random patches at the same places of both volumes, augmented alike (stacked along z,
-    since volden's augmentation flips and turns only y and x)."""
-    pairs = []
+def aligned_patches(volumes: tuple[np.ndarray, ...], patch: tuple[int, int, int], batch: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """``batch`` random patches at the same places of each volume, augmented alike: one
+    (batch, 1, z, y, x) array per volume."""
+    stacks = []
     for _ in range(batch):
-        start = [int(rng.integers(0, n - p + 1)) for n, p in zip(noisy.shape, patch)]
+        start = [int(rng.integers(0, n - p + 1)) for n, p in zip(volumes[0].shape, patch)]
         where = tuple(slice(s, s + p) for s, p in zip(start, patch))
-        pairs.append(augment(np.concatenate([noisy[where], clean[where]]), rng))
-    pairs_array = torch.from_numpy(np.stack(pairs)[:, None])
-    return pairs_array[:, :, : patch[0]], pairs_array[:, :, patch[0]:]
+        stacks.append(augment(np.stack([v[where] for v in volumes]), rng))
+    batched = np.stack(stacks)
+    return tuple(batched[:, i : i + 1] for i in range(len(volumes)))
 
 
 METHODS = {
@@ -248,4 +265,5 @@ METHODS = {
     "volden-tta": volden_tta,
     "n2t": noise2truth,
     "n2t-masked": noise2truth_masked,
+    "volden-fresh": volden_fresh_noise,
 }

@@ -18,7 +18,7 @@ import zarr
 
 from volden import ome
 # synth's own camera model (private helpers), so real and synthetic volumes get the same noise
-from volden.synth import KINDS, VOXEL_SIZE, Camera, _expected_adu, _record, synthetic_volume
+from volden.synth import KINDS, VOXEL_SIZE, Camera, _expected_adu, noise_stream, record, synthetic_volume
 from volden.volume import Volume, open_volume
 
 REAL_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
@@ -70,7 +70,7 @@ def _real_pair(file: Path, photons: float, seed: int) -> tuple[np.ndarray, np.nd
     raw = tifffile.imread(file).astype(np.float32)
     low, high = np.percentile(raw, (0.1, 99.9))
     clean = _expected_adu(np.clip((raw - low) / (high - low), 0, None), photons, Camera())
-    return _record(clean, photons, Camera(), seed, (0, 0, 0)), clean
+    return record(clean, Camera(), noise_stream(seed, (0, 0, 0))), clean
 
 
 def make_case(name: str, folder: Path, shape: tuple[int, int, int], real_dir: Path = REAL_DIR) -> Case | None:
