@@ -212,7 +212,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert (tmp_path / "m" / "checkpoint" / "best.safetensors").exists()
 
 
-def test_augment_turns_a_stack_of_volumes_alike_through_all_eight_yx_symmetries():
+def test_augment_turns_a_stack_of_volumes_alike_through_all_sixteen_symmetries():
     """The quality benchmark stacks noisy and clean patches on a first axis: both must turn alike."""
     patch = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
     rng = np.random.default_rng(0)
@@ -222,7 +222,7 @@ def test_augment_turns_a_stack_of_volumes_alike_through_all_eight_yx_symmetries(
         np.testing.assert_array_equal(out[1], 10 * out[0])
         assert sorted(out[0].ravel()) == sorted(patch.ravel())
         seen.add(out[0].tobytes())
-    assert len(seen) == 8
+    assert len(seen) == 16  # flips in z, y and x, quarter turns in yx
 
 
 def test_background_tries_favour_bright_patches():
