@@ -63,9 +63,10 @@ def augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random flips along z, y and x and a random quarter turn in the yx plane (when square), of
     the last three axes (so noisy-clean pairs stacked on a first axis turn alike).
 
-    The z flip takes the axial PSF as symmetric. On nuclei-5 it raised volden by 0.29 dB at equal
-    steps, where Noise2Truth gained nothing: it spends the one noise realisation better
-    (BENCHMARKS.md, "Where the gap to Noise2Truth comes from")."""
+    The z flip takes the axial PSF as symmetric. It spends the one noise realisation better: on
+    nuclei-5 volden gained 0.29 dB at equal steps where Noise2Truth gained nothing, and it was
+    neutral at 20 photons and on the real volumes (BENCHMARKS.md, "Where the gap to Noise2Truth
+    comes from")."""
     for axis in (-3, -2, -1):
         if rng.random() < 0.5:
             patch = np.flip(patch, axis)
