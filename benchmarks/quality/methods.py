@@ -212,8 +212,9 @@ def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
     config = settings.train_config().resolve(volume.shape, device)
     start = time.perf_counter()
     normalisation = estimate_normalisation(volume.data, seed=config.seed)
-    clean_adu = case.clean
-    noisy, clean = normalisation.apply(volume.data.compute()), normalisation.apply(clean_adu)
+    # fresh records the clean volume anew (in ADU); the others pair it with the noisy one
+    sources = (case.clean,) if kind == "fresh" else tuple(
+        normalisation.apply(a) for a in (volume.data.compute(), case.clean))
     torch.manual_seed(config.seed)
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
@@ -224,13 +225,12 @@ def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
+        patches = aligned_patches(sources, config.patch, config.batch, rng)
         if kind == "fresh":
-            (expected,) = aligned_patches((clean_adu,), config.patch, config.batch, rng)
-            x = torch.from_numpy(normalisation.apply(record(expected, Camera(), rng))).to(device)
+            x = torch.from_numpy(normalisation.apply(record(patches[0], Camera(), rng))).to(device)
             loss = train_step(network, optimizer, x, config, generator, device)
         else:
-            x, y = (torch.from_numpy(a).to(device) for a in
-                    aligned_patches((noisy, clean), config.patch, config.batch, rng))
+            x, y = (torch.from_numpy(a).to(device) for a in patches)
             if kind == "n2t-masked":
                 loss = train_step(network, optimizer, x, config, generator, device, target=y)
             else:
