@@ -55,7 +55,8 @@ def run(tmp_path_factory, info_runs) -> dict:
     assert procs["synth"].returncode == 0, show(procs["synth"])
     before = tree_digest(work / "s.zarr")
     procs["train"] = volden_run(
-        "train", "s.zarr", "-o", "m", "--steps", "20", "--patch", "8,32,32", "--batch", "2", "--width", "4", cwd=work
+        "train", "s.zarr", "-o", "m", "--steps", "20", "--patch", "8,32,32", "--batch", "2", "--width", "4",
+        "--no-flip-z", cwd=work
     )
     assert procs["train"].returncode == 0, show(procs["train"])
     with ThreadPoolExecutor(2) as pool:
@@ -83,6 +84,7 @@ def test_train_writes_a_model_folder(run) -> None:
     assert meta["format"] == "volden-model"
     assert meta["volden_version"] == volden.__version__
     assert meta["training"]["steps_done"] == 20
+    assert meta["training"]["flip_z"] is False  # --no-flip-z
     assert meta["history"] and meta["history"][-1]["step"] == 20
     assert (model / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "saved m" in run["procs"]["train"].stdout

@@ -225,6 +225,19 @@ def test_augment_turns_a_stack_of_volumes_alike_through_all_sixteen_symmetries()
     assert len(seen) == 16  # flips in z, y and x, quarter turns in yx
 
 
+def test_augment_without_z_flips_keeps_z_and_the_yx_draws():
+    """--no-flip-z: no patch comes out upside down in z, and y and x turn as they would have."""
+    patch = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
+    flipped, kept = np.random.default_rng(0), np.random.default_rng(0)
+    upside_down = 0
+    for _ in range(200):
+        with_z, without_z = augment(patch, flipped), augment(patch, kept, flip_z=False)
+        assert without_z[0].max() < without_z[-1].min()  # z order kept
+        upside_down += with_z[0].max() > with_z[-1].min()
+        np.testing.assert_array_equal(without_z, with_z if with_z[0].max() < with_z[-1].min() else with_z[::-1])
+    assert 60 < upside_down < 140
+
+
 def test_background_tries_favour_bright_patches():
     """A dark volume with one bright box: redrawing dim candidates finds the box far more often."""
     rng = np.random.default_rng(0)

@@ -150,6 +150,8 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
               help="What the masked voxels get: their non-masked neighbours' mean, one such neighbour's value, or any voxel's.")
 @click.option("--background-tries", type=int, default=1, show_default=True,
               help="Draws per patch, the first bright enough (or the brightest) kept: above 1 favours foreground.")
+@click.option("--flip-z/--no-flip-z", default=True, show_default=True,
+              help="Augment with flips along z too; turn off when the axial PSF is not symmetric.")
 @click.option("--depth", type=click.IntRange(min=0), default=None, help="UNet depth (default 2 CPU, 3 GPU).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="UNet base width (default 8 CPU, 32 GPU).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
@@ -159,7 +161,7 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, masked_phases, fill,
-          background_tries, depth, width, device, seed, cache_mb, resume, overwrite) -> None:
+          background_tries, flip_z, depth, width, device, seed, cache_mb, resume, overwrite) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed).
 
     A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
@@ -172,7 +174,7 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     from .volume import open_image
 
     config = TrainConfig(patch=patch, batch=batch, grid=grid, masked_phases=masked_phases, fill=fill,
-                         background_tries=background_tries, steps=steps, minutes=minutes, depth=depth, width=width,
+                         background_tries=background_tries, flip_z=flip_z, steps=steps, minutes=minutes, depth=depth, width=width,
                          device=device, seed=seed, cache_mb=cache_mb)
     image = open_image(input, array)
     each_channel = channel is None and image.channels > 1

@@ -4,8 +4,8 @@ Reading a patch straight from a chunked store would read whole chunks for a few 
 sampler instead loads regions of several chunks into a cache bounded in bytes, draws many
 patches from each, and replaces a region when it has served its share, so each chunk read feeds
 many patches. A slab at the end of the longest axis is held out for validation. Patches are
-augmented with flips along all three axes and quarter turns in the yx plane (the z flip: see
-:func:`augment`). They are drawn uniformly by default, which measured better than redrawing dim
+augmented with flips along all three axes (z optionally) and quarter turns in the yx plane (the
+z flip: see :func:`augment`). They are drawn uniformly by default, which measured better than redrawing dim
 ones on the quality benchmark (whose PSNR counts the background too); ``background_tries`` > 1
 redraws mostly-background candidates, for very sparse volumes.
 
@@ -59,16 +59,17 @@ def split_volume(shape: tuple[int, ...], patch: tuple[int, ...], fraction: float
     return Split(train, validation, held_out=True)
 
 
-def augment(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(patch: np.ndarray, rng: np.random.Generator, flip_z: bool = True) -> np.ndarray:
     """Random flips along z, y and x and a random quarter turn in the yx plane (when square), of
     the last three axes (so noisy-clean pairs stacked on a first axis turn alike).
 
     The z flip takes the axial PSF as symmetric. It spends the one noise realisation better: on
     nuclei-5 volden gained 0.29 dB at equal steps where Noise2Truth gained nothing, and it was
     neutral at 20 photons and on the real volumes (BENCHMARKS.md, "Where the gap to Noise2Truth
-    comes from")."""
+    comes from"). ``flip_z=False`` is for data whose axial PSF is not symmetric (spherical
+    aberration deep in tissue); the draws stay the same, so only the z flips differ."""
     for axis in (-3, -2, -1):
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and (flip_z or axis != -3):
             patch = np.flip(patch, axis)
     if patch.shape[-2] == patch.shape[-1]:
         patch = np.rot90(patch, int(rng.integers(4)), axes=(-2, -1))
@@ -112,6 +113,7 @@ class PatchSampler:
         patches_per_region: int = 64,
         prefetch: int = 4,
         background_tries: int = 1,
+        flip_z: bool = True,
         state: dict | None = None,
     ) -> None:
         self.data = data
@@ -122,6 +124,7 @@ class PatchSampler:
         self.split = split_volume(data.shape, patch)
         self.patches_per_region = patches_per_region
         self.background_tries = background_tries
+        self.flip_z = flip_z
         self.threshold = normalisation.apply(
             np.float32(normalisation.low + 0.1 * (normalisation.high - normalisation.low))
         )
@@ -176,7 +179,7 @@ class PatchSampler:
                 break
             if mean > best_mean:
                 best, best_mean = candidate, mean
-        return augment(best, rng)
+        return augment(best, rng, self.flip_z)
 
     def _produce(self) -> None:
         number, following = self.state["batch"], self.state["next_region"]

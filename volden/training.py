@@ -54,6 +54,7 @@ class TrainConfig:
     grid: tuple[int, int, int] = (2, 2, 2)
     masked_phases: int = 2  # with grid 2,2,2: 1/4 of the voxels masked per sample (BENCHMARKS.md)
     background_tries: int = 1  # uniform patches (BENCHMARKS.md); more favours foreground
+    flip_z: bool = True  # augment with z flips too; off for an asymmetric axial PSF (sampler.augment)
     fill: str = "donut"  # neighbour: +0.25 dB on nuclei-5, -0.14 on neurites-5 (BENCHMARKS.md)
     steps: int | None = None
     minutes: float | None = None
@@ -329,7 +330,8 @@ def train(
 
     guard = DivergenceGuard(network, optimizer, state.get("guard"))
     sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed,
-                           cache_mb=config.cache_mb, background_tries=config.background_tries, state=state.get("sampler"))
+                           cache_mb=config.cache_mb, background_tries=config.background_tries, flip_z=config.flip_z,
+                           state=state.get("sampler"))
     val_patches = sampler.validation_patches()
     phase_count, per_patch = int(np.prod(config.grid)), config.masked_phases
     val_masks = torch.stack([

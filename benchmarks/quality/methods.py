@@ -225,7 +225,7 @@ def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
     while (elapsed := time.perf_counter() - start) < budget_s:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
-        patches = aligned_patches(sources, config.patch, config.batch, rng)
+        patches = aligned_patches(sources, config.patch, config.batch, rng, config.flip_z)
         if kind == "fresh":
             x = torch.from_numpy(normalisation.apply(record(patches[0], Camera(), rng))).to(device)
             loss = train_step(network, optimizer, x, config, generator, device)
@@ -244,14 +244,15 @@ def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
 
 
 def aligned_patches(volumes: tuple[np.ndarray, ...], patch: tuple[int, int, int], batch: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """``batch`` random patches at the same places of each volume, augmented alike: one
-    (batch, 1, z, y, x) array per volume."""
+                    rng: np.random.Generator, flip_z: bool = True) -> tuple[np.ndarray, ...]:
+    """``batch`` random patches at the same places of each volume, augmented alike (as volden's
+    sampler would, z flips included unless ``flip_z`` is off): one (batch, 1, z, y, x) array per
+    volume."""
     stacks = []
     for _ in range(batch):
         start = [int(rng.integers(0, n - p + 1)) for n, p in zip(volumes[0].shape, patch)]
         where = tuple(slice(s, s + p) for s, p in zip(start, patch))
-        stacks.append(augment(np.stack([v[where] for v in volumes]), rng))
+        stacks.append(augment(np.stack([v[where] for v in volumes]), rng, flip_z))
     batched = np.stack(stacks)
     return tuple(batched[:, i : i + 1] for i in range(len(volumes)))
 
