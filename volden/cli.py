@@ -200,9 +200,9 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
         click.echo(f"saved {model.path} ({model.training['kept']} weights of {last.get('step', 0)} steps kept; validation "
                    f"loss last {last.get('val_loss', math.nan):.5f}, best {model.training['best_val_loss']:.5f}; "
                    f"loss curve in {Path(str(model.path)) / 'loss.png'})")
-        if model.training["restarts"]:
-            click.echo(f"training diverged {model.training['restarts']} time(s); each time it went back to earlier "
-                       "weights and halved the learning rate")
+        if restarts := model.training["restarts"]:
+            click.echo(f"training diverged {restarts} time{'s' * (restarts > 1)} and went back to earlier weights "
+                       "at half the learning rate each time")
 
 
 @cli.command()
