@@ -174,8 +174,8 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     from .volume import open_image
 
     config = TrainConfig(patch=patch, batch=batch, grid=grid, masked_phases=masked_phases, fill=fill,
-                         background_tries=background_tries, flip_z=flip_z, steps=steps, minutes=minutes, depth=depth, width=width,
-                         device=device, seed=seed, cache_mb=cache_mb)
+                         background_tries=background_tries, flip_z=flip_z, steps=steps, minutes=minutes,
+                         depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb)
     image = open_image(input, array)
     each_channel = channel is None and image.channels > 1
     volume = image.volume(timepoint, channel or 0)

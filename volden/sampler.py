@@ -5,9 +5,9 @@ sampler instead loads regions of several chunks into a cache bounded in bytes, d
 patches from each, and replaces a region when it has served its share, so each chunk read feeds
 many patches. A slab at the end of the longest axis is held out for validation. Patches are
 augmented with flips along all three axes (z optionally) and quarter turns in the yx plane (the
-z flip: see :func:`augment`). They are drawn uniformly by default, which measured better than redrawing dim
-ones on the quality benchmark (whose PSNR counts the background too); ``background_tries`` > 1
-redraws mostly-background candidates, for very sparse volumes.
+z flip: see :func:`augment`). They are drawn uniformly by default, which measured better than
+redrawing dim ones on the quality benchmark (whose PSNR counts the background too);
+``background_tries`` > 1 redraws mostly-background candidates, for very sparse volumes.
 
 The stream is fixed by the seed: region ``r`` is placed with the generator of (seed, REGIONS, r)
 and batch ``b`` is drawn with that of (seed, BATCHES, b), so a few numbers (see

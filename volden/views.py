@@ -1,8 +1,8 @@
 """Test-time augmentation: the symmetries of the yx plane a prediction may be averaged over.
 
 Training augments patches with all eight (flips and quarter turns in yx, each also flipped in
-z unless ``flip_z`` is off), so the network denoises every view equally well; their errors differ, so their mean is
-closer to the signal.
+z unless ``flip_z`` is off), so the network denoises every view equally well; their errors
+differ, so their mean is closer to the signal.
 Kept free of torch so the CLI can offer the choices without importing it.
 """
 

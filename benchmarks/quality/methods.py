@@ -226,15 +226,14 @@ def trained_on_clean(case: Case, settings: Settings, kind: str) -> Run:
         for group in optimizer.param_groups:
             group["lr"] = guard.lr_scale * scheduled_lr(config, steps, elapsed / budget_s)
         patches = aligned_patches(sources, config.patch, config.batch, rng, config.flip_z)
-        if kind == "fresh":
-            x = torch.from_numpy(normalisation.apply(record(patches[0], Camera(), rng))).to(device)
-            loss = train_step(network, optimizer, x, config, generator, device)
+        if kind == "fresh":  # a new recording, its own target (train_step's default)
+            x, y = torch.from_numpy(normalisation.apply(record(patches[0], Camera(), rng))).to(device), None
         else:
             x, y = (torch.from_numpy(a).to(device) for a in patches)
-            if kind == "n2t-masked":
-                loss = train_step(network, optimizer, x, config, generator, device, target=y)
-            else:
-                loss = descend(network, optimizer, x, y, device)
+        if kind == "n2t":
+            loss = descend(network, optimizer, x, y, device)
+        else:
+            loss = train_step(network, optimizer, x, config, generator, device, target=y)
         guard.diverged(loss.item())
         steps += 1
     train_s = time.perf_counter() - start
