@@ -104,6 +104,12 @@ def make_garbage_model(folder: Path, name: str, sources: dict[str, Path]) -> Non
     (folder / name / "model.json").write_text("{this is not json")
 
 
+def make_truncated_weights(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["model"], folder / name)
+    weights = folder / name / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+
+
 def make_existing_store(folder: Path, name: str, sources: dict[str, Path]) -> None:
     (folder / name).mkdir()
     (folder / name / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
@@ -237,6 +243,8 @@ CASES = [
          {"empty": make_empty_dir, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("apply-model-garbage-json", ("apply", "garbage", "vol.zarr", "out.zarr"), ("not a volden model",),
          {"garbage": make_garbage_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-model-truncated-weights", ("apply", "cut", "vol.zarr", "out.zarr"),
+         ("cut/weights.safetensors is damaged",), {"cut": make_truncated_weights, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("info-missing", ("info", "nowhere.zarr"), ("no such file",)),
     # ingest
     ingest_case("ingest-missing-input", "nowhere.tif", None, ("no such file",)),

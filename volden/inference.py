@@ -20,8 +20,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .errors import VoldenError
 from .model import Model, load_model
-from .predict import default_halo, max_voxels_for, predict_normalised, resolve_device
-from .tiling import Blend, Index, Tiling, intersect, tile_window, weight_sum
+from .predict import default_halo, max_voxels_for, predict_weighted, resolve_device
+from .tiling import Blend, Index, Tiling, intersect, weight_sum, window_1d
 from .views import DEFAULT_VIEWS, symmetries
 
 def default_block(
@@ -84,14 +84,10 @@ def predict_tile(
     max_voxels: int | None,
     views: int = DEFAULT_VIEWS,
 ) -> np.ndarray:
-    """The weighted prediction on a tile: ``region`` is its part inside the volume, ``pad``
-    what lies outside (filled by reflection, as in training)."""
-    x = model.normalisation.apply(region)
-    if any(p for pair in pad for p in pair):
-        x = np.pad(x, pad, mode="reflect")
-    prediction = predict_normalised(model, x, resolve_device(device), max_voxels, views)
-    prediction *= tile_window(block, halo, blend)
-    return prediction
+    """The weighted prediction on a tile: ``region`` is its part inside the volume (in the
+    input's dtype), ``pad`` what lies outside (filled by reflection, as in training)."""
+    window = tuple(window_1d(b, h, blend) for b, h in zip(block, halo))
+    return predict_weighted(model, region, pad, window, device, max_voxels, views)  # type: ignore[arg-type]
 
 
 def tile_geometry(tiling: Tiling, index: Index) -> tuple[list[tuple[int, int]], list[tuple[int, int]], tuple[int, ...]]:
@@ -116,7 +112,7 @@ def _gather_and_predict(
     halo: tuple[int, ...],
     blend: Blend,
 ) -> np.ndarray:
-    region = np.empty([b - a for a, b in inside], dtype=np.float32)
+    region = np.empty([b - a for a, b in inside], dtype=pieces[0].dtype)
     for piece, where in zip(pieces, placements):
         region[where] = piece
     return predict_tile(model, region, pad, block, halo, blend, device, max_voxels, views)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._version import __version__
@@ -62,8 +63,9 @@ class Model:
             if key not in self._on_device:
                 network = UNet3D(self.config)
                 network.load_state_dict(self.network.state_dict())
-                memory_format = torch.channels_last_3d if device.type == "cpu" else torch.preserve_format
-                self._on_device[key] = network.to(device, memory_format=memory_format).eval()
+                if device.type == "cuda":
+                    torch.backends.cudnn.benchmark = True  # tiles repeat a few shapes: pick kernels once each
+                self._on_device[key] = network.to(device, memory_format=torch.channels_last_3d).eval()
             return self._on_device[key]
 
     def __getstate__(self) -> dict:
@@ -118,7 +120,11 @@ def load_model(path: str | Path) -> Model:
             raise ValueError("wrong format tag")
         config = UNetConfig.from_dict(meta["architecture"])
         network = UNet3D(config)
-        network.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        try:
+            weights = load_file(str(folder / WEIGHTS_FILE))
+        except SafetensorError as err:
+            raise VoldenError(f"{folder / WEIGHTS_FILE} is damaged ({err}); train the model again or restore the file") from None
+        network.load_state_dict(weights)
         normalisation = Normalisation.from_dict(meta["normalisation"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

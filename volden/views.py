@@ -3,12 +3,12 @@
 Training augments patches with all eight (flips and quarter turns in yx, each also flipped in
 z unless ``flip_z`` is off), so the network denoises every view equally well; their errors
 differ, so their mean is closer to the signal.
-Kept free of torch so the CLI can offer the choices without importing it.
+Kept free of torch so the CLI can offer the choices without importing it; ``predict`` turns
+tensors on the device.
 """
 
 from __future__ import annotations
 
-import numpy as np
 
 Symmetry = tuple[int, bool]  # (quarter turns in yx, mirrored in x)
 
@@ -25,16 +25,3 @@ def symmetries(views: int) -> tuple[Symmetry, ...]:
     if views not in VIEWS:
         raise ValueError(f"views must be one of {VIEWS}, got {views}")
     return _ORDER[:views]
-
-
-def seen(x: np.ndarray, symmetry: Symmetry) -> np.ndarray:
-    """``x`` (z, y, x) as the symmetry shows it."""
-    turns, mirrored = symmetry
-    x = np.rot90(x, turns, axes=(1, 2))
-    return x[:, :, ::-1] if mirrored else x
-
-
-def unseen(x: np.ndarray, symmetry: Symmetry) -> np.ndarray:
-    """The inverse of :func:`seen`."""
-    turns, mirrored = symmetry
-    return np.rot90(x[:, :, ::-1] if mirrored else x, -turns, axes=(1, 2))
