@@ -123,7 +123,7 @@ class BlockRun:
     def predict(self, index: Index) -> int:
         """Predict one tile and save its pieces; 1 if the network ran, 0 if nothing was left to do."""
         reaches = self.reaches(index)
-        if self.ledger.tile_file(index).exists() or all(self.ledger.is_done(n) for n in reaches):
+        if self.ledger.has_tile(index) or all(self.ledger.is_done(n) for n in reaches):
             return 0
         inside, pad, block_shape = tile_geometry(self.tiling, index)
         region = _read(self.source, inside)
@@ -146,13 +146,17 @@ class BlockRun:
                 pieces.append(self.ledger.load_piece(n, index))
                 placements.append(overlap[1])
         values = blend_block(self.model, pieces, placements, self.tiling, index, self.blend)
-        dtype = self.target.dtype
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
-        self.target[tuple(slice(a, b) for a, b in block_range)] = values.astype(dtype)
+        self.target[tuple(slice(a, b) for a, b in block_range)] = as_output_dtype(values, self.target.dtype)
         self.ledger.mark_done(index)
         return 1
+
+
+def as_output_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float32 output values in the output's dtype: integers rounded and clipped to its range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype, copy=False)
 
 
 def _read(source: Any, box: list[tuple[int, int]]) -> np.ndarray:

@@ -216,7 +216,9 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
 @click.option("--tta", type=click.Choice([str(v) for v in VIEWS]), default=str(DEFAULT_VIEWS), show_default=True,
               help="Test-time augmentation: average over this many symmetries of the yx plane (that many times the compute).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "input"]), default="float32", show_default=True,
+              help="'input' rounds to the input's integers: half the bytes for uint16, but a denoised "
+                   "dim volume loses detail finer than one unit (4.4 dB at 5 photons per voxel).")
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
 @click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
               help="Denoise only this channel (repeatable; default all).")
