@@ -22,7 +22,7 @@ from volden.synth import write_synthetic
 from volden.volume import open_volume
 
 from report import markdown_table, write_section
-from untrained import default_cpu_model
+from untrained import untrained_model
 
 
 def run_measured(command: list[str]) -> tuple[float, float, str]:
@@ -64,7 +64,7 @@ def main() -> None:
             shape = tuple(s * side for s in base)
             source = write_synthetic(work / f"vol{factor}.zarr", shape=shape, photons=20.0, seed=factor, chunks=(64, 256, 256))
             if first is None:
-                default_cpu_model(open_volume(source), work / "model")
+                untrained_model(open_volume(source), folder=work / "model")
             command = [sys.executable, "-m", "volden", "apply", str(work / "model"), str(source), str(work / f"out{factor}.zarr")]
             seconds, peak, out = run_measured(command)
             summary = out.strip().splitlines()[-1]

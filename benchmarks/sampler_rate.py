@@ -31,6 +31,19 @@ SHAPE = (64, 256, 256)
 TARGET = 0.9
 
 
+def training_setup(volume, device: torch.device):
+    """What ``volden.train`` starts from at ``device``'s defaults: config, network, optimiser and
+    patch sampler (close it)."""
+    config = TrainConfig(device=str(device)).resolve(volume.shape, device)
+    normalisation = estimate_normalisation(volume.data, seed=config.seed)
+    torch.manual_seed(config.seed)
+    network = build_network(config, volume.voxel_size, device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed,
+                           cache_mb=config.cache_mb)
+    return config, network, optimizer, sampler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=100, help="Timed steps per feed.")
@@ -40,13 +53,7 @@ def main() -> None:
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         volume = volden.open_volume(write_synthetic(Path(tmp) / "vol.zarr", shape=SHAPE, photons=20.0))
-        config = TrainConfig(device="cpu").resolve(volume.shape, device)
-        normalisation = estimate_normalisation(volume.data, seed=config.seed)
-        torch.manual_seed(config.seed)
-        network = build_network(config, volume.voxel_size, device)
-        optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-        sampler = PatchSampler(volume.data, config.patch, config.batch, normalisation, seed=config.seed,
-                               cache_mb=config.cache_mb)
+        config, network, optimizer, sampler = training_setup(volume, device)
         times: dict[str, list[float]] = {"sampler": [], "memory": []}
         steps = itertools.count()
 

@@ -18,6 +18,7 @@ import torch
 from scipy import ndimage
 
 from volden import Model, TrainConfig, denoise, load_model, train
+from volden.apply import as_output_dtype
 from volden.calibrate import calibrate
 from volden.divergence import DivergenceGuard, restarts_note
 from volden.normalisation import estimate_normalisation
@@ -171,15 +172,29 @@ def steps_note(steps: int, restarts: int) -> str:
 TTA_VIEWS = 4
 
 
-def volden_tta(case: Case, settings: Settings, work: Path) -> Run:
-    """volden's model from the ``volden`` row, predicting with test-time augmentation (the
-    prediction averaged over four symmetries of the yx plane: ``volden apply --tta 4``)."""
+def volden_row_model(work: Path) -> Model:
+    """The model the ``volden`` row trained, for the rows that predict with it differently."""
     folder = work / "volden-model"
     if not (folder / "model.json").exists():
         raise Skip("no volden model: run the volden method first")
-    model = load_model(folder)
+    return load_model(folder)
+
+
+def volden_tta(case: Case, settings: Settings, work: Path) -> Run:
+    """volden's model from the ``volden`` row, predicting with test-time augmentation (the
+    prediction averaged over four symmetries of the yx plane: ``volden apply --tta 4``)."""
+    model = volden_row_model(work)
     denoised, predict_s = predict_with(model, case, TTA_VIEWS)
     return Run(denoised, model.training["seconds"], predict_s, note=f"{model.training['steps_done']} steps, {TTA_VIEWS} views")
+
+
+def volden_rounded(case: Case, settings: Settings, work: Path) -> Run:
+    """volden's model from the ``volden`` row, its prediction rounded to the input's integers
+    (``volden apply --dtype input``): what storing the output at half the bytes costs."""
+    model = volden_row_model(work)
+    denoised, predict_s = predict_with(model, case)
+    rounded = as_output_dtype(denoised, case.noisy.data.dtype).astype(np.float32)
+    return Run(rounded, model.training["seconds"], predict_s, note=f"{model.training['steps_done']} steps, rounded")
 
 
 def noise2truth(case: Case, settings: Settings, work: Path) -> Run:
@@ -263,6 +278,7 @@ METHODS = {
     "careamics": careamics,
     "volden": volden_default,
     "volden-tta": volden_tta,
+    "volden-rounded": volden_rounded,
     "n2t": noise2truth,
     "n2t-masked": noise2truth_masked,
     "volden-fresh": volden_fresh_noise,
