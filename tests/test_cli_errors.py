@@ -201,6 +201,7 @@ CASES = [
     train_case("train-smaller-than-patch", "small.zarr", make_small, ("smaller than the training patch",),
                ("--patch", "16,64,64")),
     train_case("train-nan", "nan.zarr", make_nan, ("NaN",), ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
+    apply_case("apply-nan", "nan.zarr", make_nan, ("NaN or Inf", "z 0-8, y 0-32, x 0-32", "nothing was written")),
     train_case("train-cache-not-positive", "vol.zarr", make_volume, ("--cache-mb", "positive"), ("--cache-mb", "0")),
     train_case("train-masking-every-phase", "vol.zarr", make_volume, ("--masked-phases must be from 1 to 7", "8 phases"),
                ("--masked-phases", "8")),

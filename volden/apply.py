@@ -36,6 +36,7 @@ from distributed import Client, as_completed
 from . import ome
 from ._version import __version__
 from .errors import VoldenError
+from .finite import check_finite
 from .inference import blend_block, plan_blocks, predict_tile, tile_geometry
 from .ledger import Index, Ledger
 from .layout import chunks_within
@@ -312,6 +313,7 @@ def apply_model(
     volumes = [image.volume(t, c) for t in timepoints for c in channels]
     placed = [image.volume_index(t, c) for t in range(len(timepoints)) for c in range(len(channels))]
     volume_models = [models.for_channel(v.channel) for v in volumes]
+    check_finite(volumes, image.where)
     previous = resumable_plan(output, ledger) if config.resume else None
     block, halo = config.block, config.halo
     if previous is not None:
