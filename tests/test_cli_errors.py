@@ -14,8 +14,12 @@ checks one finished case:
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ import volden
 from cli_helpers import tree_digest, volden_command
 from volden.synth import write_synthetic
 from volden.model import save_channel_index
+from volden.runlock import LOCK_FILE, _process_start
 from volden.training import train
 
 PARALLEL = 3
@@ -110,6 +115,53 @@ def make_truncated_weights(folder: Path, name: str, sources: dict[str, Path]) ->
     weights.write_bytes(weights.read_bytes()[:5])
 
 
+def make_corrupt_chunk(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["volume"], folder / name)
+    (folder / name / "noisy" / "c" / "1" / "0" / "1").write_bytes(np.random.default_rng(0).bytes(20))
+
+
+def make_mismatched_model(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["model"], folder / name)
+    meta = json.loads((folder / name / "model.json").read_text())
+    meta["architecture"]["width"] *= 2
+    (folder / name / "model.json").write_text(json.dumps(meta))
+
+
+def _live_lock(folder: Path, command: str) -> None:
+    """A lock held by a live process (this test's), as a run still going would leave it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    (folder / LOCK_FILE).write_text(json.dumps({
+        "command": command, "host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid),
+        "token": "held-by-the-test", "started": "2026-12-06T10:00:00+00:00"}))
+
+
+def _copy_killed_run(folder: Path, name: str, sources: dict[str, Path]) -> Path:
+    """The killed run as if it had been started on this case's own copy of the volume."""
+    shutil.copytree(sources["partial"], folder / name)
+    plan_file = folder / name / "volden-run" / "plan.json"
+    plan_file.write_text(json.dumps({**json.loads(plan_file.read_text()), "input": str((folder / "vol.zarr").resolve())}))
+    return folder / name
+
+
+def make_locked_run(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    _live_lock(_copy_killed_run(folder, name, sources), "apply")
+
+
+def make_locked_model(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    shutil.copytree(sources["model"], folder / name)
+    _live_lock(folder / name, "train")
+
+
+def make_damaged_plan(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    (_copy_killed_run(folder, name, sources) / "volden-run" / "plan.json").write_text('{"block": [8, 3')
+
+
+def make_damaged_piece(folder: Path, name: str, sources: dict[str, Path]) -> None:
+    piece = sorted((_copy_killed_run(folder, name, sources) / "volden-run" / "tiles").glob("*/*.npy"))[0]
+    piece.write_bytes(piece.read_bytes()[:100])
+
+
 def make_existing_store(folder: Path, name: str, sources: dict[str, Path]) -> None:
     (folder / name).mkdir()
     (folder / name / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
@@ -158,6 +210,7 @@ class Case:
     phrases: tuple[str, ...]  # each must appear in the message (case-insensitive)
     inputs: dict[str, object] = field(default_factory=dict)  # name in the case folder -> maker
     absent: tuple[str, ...] = ()  # paths that must not exist afterwards
+    forbidden: tuple[str, ...] = ()  # must not appear in the message (advice that cannot work)
     usage_error: bool = False  # a click usage error: click's own (multi-line) message
 
 
@@ -200,8 +253,16 @@ CASES = [
     # training on data it cannot use
     train_case("train-smaller-than-patch", "small.zarr", make_small, ("smaller than the training patch",),
                ("--patch", "16,64,64")),
-    train_case("train-nan", "nan.zarr", make_nan, ("NaN",), ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
-    apply_case("apply-nan", "nan.zarr", make_nan, ("NaN or Inf", "z 0-8, y 0-32, x 0-32", "nothing was written")),
+    train_case("train-nan", "nan.zarr", make_nan, ("NaN or Inf", "z 0-8, y 0-32, x 0-32", "--nonfinite fill"),
+               ("--patch", "8,32,32", "--batch", "2", "--width", "4")),
+    Case("train-locked-model", ("train", "vol.zarr", "-o", "model_out", "--steps", "2", "--overwrite"),
+         ("model_out is in use by volden train on host", f"pid {os.getpid()}", "started 2026-12-06T10:00:00"),
+         {"vol.zarr": make_volume, "model_out": make_locked_model}),
+    apply_case("apply-nan", "nan.zarr", make_nan, ("NaN or Inf", "z 0-8, y 0-32, x 0-32", "nothing was written",
+                                                  "--nonfinite fill")),
+    Case("apply-corrupt-chunk", ("apply", "model", "vol.zarr", "out.zarr"),
+         ("vol.zarr/noisy is damaged", "chunk (1, 0, 1) (z 8-16, y 0-32, x 32-64)", "nothing was written"),
+         {"model": make_model, "vol.zarr": make_corrupt_chunk}, ("out.zarr",), forbidden=("--resume",)),
     train_case("train-cache-not-positive", "vol.zarr", make_volume, ("--cache-mb", "positive"), ("--cache-mb", "0")),
     train_case("train-masking-every-phase", "vol.zarr", make_volume, ("--masked-phases must be from 1 to 7", "8 phases"),
                ("--masked-phases", "8")),
@@ -229,6 +290,15 @@ CASES = [
          {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_complete_output}),
     Case("apply-resume-and-overwrite", ("apply", "model", "vol.zarr", "out.zarr", "--resume", "--overwrite"),
          ("exclude each other",), {"model": make_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-locked-output", ("apply", "model", "vol.zarr", "out.zarr", "--resume"),
+         ("out.zarr is in use by volden apply on host", f"pid {os.getpid()}", "started 2026-12-06T10:00:00"),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_locked_run}),
+    Case("apply-resume-damaged-plan", ("apply", "model", "vol.zarr", "out.zarr", "--resume"),
+         ("out.zarr/volden-run/plan.json is damaged", "--overwrite"),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_damaged_plan}),
+    Case("apply-resume-damaged-piece", ("apply", "model", "vol.zarr", "out.zarr", "--resume"),
+         ("out.zarr/volden-run/tiles/", ".npy is damaged", "resume again to recompute it"),
+         {"model": make_model, "vol.zarr": make_volume, "out.zarr": make_damaged_piece}),
     apply_case("apply-unknown-cluster", "vol.zarr", make_volume, ("--cluster", "tcp://HOST:PORT"),
                ("--cluster", "kubernetes")),
     apply_case("apply-slurm-option-without-slurm", "vol.zarr", make_volume, ("--partition", "needs --cluster slurm"),
@@ -244,6 +314,9 @@ CASES = [
          {"empty": make_empty_dir, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("apply-model-garbage-json", ("apply", "garbage", "vol.zarr", "out.zarr"), ("not a volden model",),
          {"garbage": make_garbage_model, "vol.zarr": make_volume}, ("out.zarr",)),
+    Case("apply-model-json-mismatch", ("apply", "odd", "vol.zarr", "out.zarr"),
+         ("odd/model.json does not match odd/weights.safetensors", "size mismatch"),
+         {"odd": make_mismatched_model, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("apply-model-truncated-weights", ("apply", "cut", "vol.zarr", "out.zarr"),
          ("cut/weights.safetensors is damaged",), {"cut": make_truncated_weights, "vol.zarr": make_volume}, ("out.zarr",)),
     Case("info-missing", ("info", "nowhere.zarr"), ("no such file",)),
@@ -291,7 +364,24 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     config = volden.TrainConfig(steps=3, width=4, patch=(8, 32, 32), batch=2, validate_every=2)
     train(volden.open_volume(base / "vol.zarr"), base / "model", config)
     assert (base / "model" / "model.json").exists()
-    return {"volume": base / "vol.zarr", "small": base / "small.zarr", "model": base / "model"}
+    sources = {"volume": base / "vol.zarr", "small": base / "small.zarr", "model": base / "model"}
+    return {**sources, "partial": _killed_run(base, sources)}
+
+
+def _killed_run(base: Path, sources: dict[str, Path]) -> Path:
+    """An apply run SIGKILLed after its first finished blocks: a ledger with done markers and tile pieces."""
+    output = base / "partial.zarr"
+    proc = subprocess.Popen(volden_command("apply", str(sources["model"]), str(sources["volume"]), str(output),
+                                           "--block", "8,16,16", "--halo", "4,8,8"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and len(list((output / "volden-run" / "done").glob("*"))) < 3:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list((output / "volden-run" / "tiles").glob("*/*.npy")), "the killed run left no tile pieces"
+    (output / LOCK_FILE).unlink()
+    return output
 
 
 def _run(case: Case, folder: Path) -> Outcome:
@@ -342,3 +432,5 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, outcomes: dict[str
         assert message.startswith("volden: error: "), report
     for phrase in case.phrases:
         assert phrase.lower() in message.lower(), f"{phrase!r} not in the message\n{report}"
+    for phrase in case.forbidden:
+        assert phrase.lower() not in message.lower(), f"{phrase!r} in the message\n{report}"

@@ -16,18 +16,21 @@ output is created with ``status: running`` and declared an OME-Zarr image only w
 An image with time points or channels is denoised one 3D volume at a time, each with its
 channel's model, but all volumes' tasks go into one graph so a cluster works on them together.
 The output keeps the input's axes, scale, units and channels.
+
+One run at a time writes an output: the run holds the output's lock (:mod:`volden.runlock`)
+from before its first write until it is complete, and a second run is refused naming the
+holder. An input chunk that cannot be read stops the run with its name (:mod:`volden.damage`);
+a run that had just started removes what it wrote, since no resume can help.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import dask
-import dask.array as da
 import dask.threaded
 import numpy as np
 import zarr
@@ -36,7 +39,8 @@ from distributed import Client, as_completed
 from . import ome
 from ._version import __version__
 from .errors import VoldenError
-from .finite import check_finite
+from .damage import DamagedInput, read_box
+from .finite import NONFINITE, check_finite, fill_nonfinite
 from .inference import blend_block, plan_blocks, predict_tile, tile_geometry
 from .ledger import Index, Ledger
 from .layout import chunks_within
@@ -44,14 +48,15 @@ from .model import Model, ModelSet
 from .paths import check_output_path
 from .predict import default_halo, max_voxels_for, resolve_device
 from .pyramid import write_pyramid
+from .runlock import RunLock, clear_folder, is_vacant
 from .tiling import BLENDS, Blend, Tiling, intersect
 from .views import DEFAULT_VIEWS, VIEWS
-from .volume import Image, VolumeView
+from .volume import Image, Volume, VolumeView
 
 OUTPUT_DTYPES = ("float32", "input")
 PLAN_KEYS = ("input", "array", "shape", "channels", "timepoints", "model_sha256", "block", "halo", "blend", "tta",
-             "dtype", "ome_version", "pyramid")
-PLAN_BEFORE = {"tta": DEFAULT_VIEWS}  # what a run did before its plan recorded these keys: one view per tile
+             "dtype", "ome_version", "pyramid", "nonfinite")
+PLAN_BEFORE = {"tta": DEFAULT_VIEWS, "nonfinite": "refuse"}  # what runs did before their plans recorded these keys
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class ApplyConfig:
     channels: tuple[int, ...] | None = None  # None: all
     timepoints: tuple[int, ...] | None = None  # None: all
     pyramid: int = 0  # downsampled levels below level 0
+    nonfinite: str = "refuse"  # NaN/Inf input voxels: refuse the input, or fill them (volden.finite)
 
     def __post_init__(self) -> None:
         if self.blend not in BLENDS:
@@ -86,6 +92,8 @@ class ApplyConfig:
             raise VoldenError(f"--halo {self.halo}: sizes cannot be negative")
         if self.pyramid < 0:
             raise VoldenError(f"--pyramid {self.pyramid}: the number of levels cannot be negative")
+        if self.nonfinite not in NONFINITE:
+            raise VoldenError(f"--nonfinite must be one of {', '.join(NONFINITE)}")
         if self.overwrite and self.resume:
             raise VoldenError("--overwrite and --resume exclude each other: replace OUTPUT or finish it")
 
@@ -109,12 +117,12 @@ class BlockRun:
     """Everything a worker needs for the tasks of one run; one graph key, shipped once."""
 
     def __init__(
-        self, model: Model, source: Any, target: zarr.Array, tiling: Tiling, blend: Blend, views: int, device: str,
-        max_voxels: int, ledger: Ledger,
+        self, model: Model, source: Any, where: str, target: zarr.Array, tiling: Tiling, blend: Blend, views: int,
+        device: str, max_voxels: int, ledger: Ledger, fill: float | None,
     ) -> None:
-        self.model, self.source, self.target = model, source, target
+        self.model, self.source, self.where, self.target = model, source, where, target
         self.tiling, self.blend, self.views, self.device, self.ledger = tiling, blend, views, device, ledger
-        self.max_voxels = max_voxels
+        self.max_voxels, self.fill = max_voxels, fill
 
     def reaches(self, index: Index) -> list[Index]:
         """The blocks a tile's prediction falls into, in neighbour order."""
@@ -127,7 +135,9 @@ class BlockRun:
         if self.ledger.has_tile(index) or all(self.ledger.is_done(n) for n in reaches):
             return 0
         inside, pad, block_shape = tile_geometry(self.tiling, index)
-        region = _read(self.source, inside)
+        region = read_box(self.source, inside, self.where)
+        if self.fill is not None:
+            region = fill_nonfinite(region, self.fill)
         weighted = predict_tile(self.model, region, pad, block_shape, self.tiling.halo, self.blend, self.device,
                                 self.max_voxels, self.views)
         tile = self.tiling.tile_range(index)
@@ -160,22 +170,28 @@ def as_output_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype, copy=False)
 
 
-def _read(source: Any, box: list[tuple[int, int]]) -> np.ndarray:
-    """A region of the input, each stored chunk read once."""
-    region = source[tuple(slice(a, b) for a, b in box)]
-    return region.compute(scheduler="synchronous") if isinstance(region, da.Array) else np.asarray(region)
+# A damaged input chunk is passed on as a value, not raised: the blocks it reaches are not
+# written, the run ends with its one-line error, and workers log no traceback for it.
 
 
-def _predict_task(run: BlockRun, index: Index) -> int:
-    return run.predict(index)
+def _failed(results: tuple) -> DamagedInput | None:
+    return next((r for r in results if isinstance(r, DamagedInput)), None)
 
 
-def _assemble_task(run: BlockRun, index: Index, *tiles_ready: int) -> int:
-    return run.assemble(index)
+def _predict_task(run: BlockRun, index: Index) -> int | DamagedInput:
+    try:
+        return run.predict(index)
+    except DamagedInput as err:
+        return err
 
 
-def _drop_task(run: BlockRun, index: Index, *blocks_written: int) -> None:
-    run.ledger.drop_pieces(index)
+def _assemble_task(run: BlockRun, index: Index, *tiles_ready: int | DamagedInput) -> int | DamagedInput:
+    return _failed(tiles_ready) or run.assemble(index)
+
+
+def _drop_task(run: BlockRun, index: Index, *blocks_written: int | DamagedInput) -> None:
+    if not _failed(blocks_written):
+        run.ledger.drop_pieces(index)
 
 
 def _graph(run: BlockRun, todo: list[Index]) -> tuple[dict, list, list, list]:
@@ -231,13 +247,14 @@ def _plan(
         "dtype": dtype,
         "ome_version": config.ome_version,
         "pyramid": config.pyramid,
+        "nonfinite": config.nonfinite,
         "max_voxels": max_voxels,
     }
 
 
 def resumable_plan(output: Path, ledger: Ledger) -> dict[str, Any] | None:
     """The plan of an unfinished run in ``output``; None when there is nothing to resume."""
-    if not output.exists():
+    if not output.exists() or is_vacant(output):
         return None
     status = _status(output)
     if status == "complete":
@@ -302,19 +319,42 @@ def apply_model(
     is continued (its block and halo are kept) and a missing ``output`` is started.
     ``tile_resources`` (e.g. ``{"GPU": 1}``) is what each tile task holds on its worker, so one
     network pass at a time uses a device. A run that fails or is killed leaves ``output``
-    marked ``running`` with its ledger, ready to resume.
+    marked ``running`` with its ledger, ready to resume; one that finds its input damaged
+    removes what it wrote, unless it was resuming. ``config.nonfinite`` says what NaN and Inf
+    input voxels do (:mod:`volden.finite`).
     """
     start = time.perf_counter()
     models, output = ModelSet.of(model), Path(output)
-    ledger = Ledger(output)
     check_output_path(image.path, output, config.overwrite or config.resume)
     selection = image.select(config.channels, config.timepoints)
-    channels, timepoints = selection
-    volumes = [image.volume(t, c) for t in timepoints for c in channels]
-    placed = [image.volume_index(t, c) for t in range(len(timepoints)) for c in range(len(channels))]
+    volumes = [image.volume(t, c) for t in selection[1] for c in selection[0]]
     volume_models = [models.for_channel(v.channel) for v in volumes]
-    check_finite(volumes, image.where)
-    previous = resumable_plan(output, ledger) if config.resume else None
+    filled = check_finite(volumes, image.where, config.nonfinite)
+    with RunLock(output, "apply") as lock:
+        previous = resumable_plan(output, Ledger(output)) if config.resume else None
+        if previous is None and not config.overwrite and not is_vacant(output):
+            raise VoldenError(f"{output} exists; pass --overwrite to replace it")
+        try:
+            return _apply_locked(models, image, output, config, selection, volumes, volume_models, previous, filled,
+                                 client, progress, tile_resources, lock, start)
+        except DamagedInput as err:
+            if previous is None:
+                clear_folder(output)
+            kept = "nothing was written" if previous is None else f"{output} keeps the blocks finished before"
+            raise DamagedInput(f"{err} ({kept})") from None
+
+
+def _apply_locked(
+    models: ModelSet, image: Image, output: Path, config: ApplyConfig, selection: tuple[list[int], list[int]],
+    volumes: list[Volume], volume_models: list[Model], previous: dict[str, Any] | None, filled: int,
+    client: Client | None,
+    progress: Callable[[int, int], None] | None, tile_resources: dict[str, float] | None, lock: RunLock, start: float,
+) -> ApplyReport:
+    """:func:`apply_model` once ``output`` is locked for this run; ``previous`` is the plan of
+    the run it resumes (None: a new run), ``filled`` the non-finite voxels it fills."""
+    ledger = Ledger(output)
+    channels, timepoints = selection
+    placed = [image.volume_index(t, c) for t in range(len(timepoints)) for c in range(len(channels))]
     block, halo = config.block, config.halo
     if previous is not None:
         block = block or tuple(previous["block"])
@@ -330,19 +370,22 @@ def apply_model(
     lead = image.data.ndim - 3
     if previous is not None:
         _check_same_run(previous, plan, output, config)
+        ledger.check(tiling.grid)
         target = zarr.open_array(str(output / "0"), mode="r+")
     else:
-        if config.overwrite and output.exists():
-            shutil.rmtree(output)
-        attrs = {"version": __version__, **plan, "input": str(image.path), "model": models.path}
+        clear_folder(output)
+        attrs = {"version": __version__, **plan, "input": str(image.path), "model": models.path,
+                 "nonfinite_filled": filled}
         target = ome.create_image(
             output, output_shape(image, selection), (1,) * lead + chunks_within(block), np.dtype(plan["dtype"]),
             attrs, config.ome_version, axes=image.meta.axes, shards=(1,) * lead + tuple(block),
         )
         ledger.start(plan)
+    fill = config.nonfinite == "fill"
     runs = [
-        BlockRun(volume_model, volume.source, VolumeView(target, index), tiling, config.blend, config.tta,
-                 config.device, budget, ledger.part(".".join(map(str, volume.index))))
+        BlockRun(volume_model, volume.source, image.where, VolumeView(target, index), tiling, config.blend, config.tta,
+                 config.device, budget, ledger.part(".".join(map(str, volume.index))),
+                 volume_model.normalisation.mean if fill else None)
         for volume, volume_model, index in zip(volumes, volume_models, placed)
     ]
     graphs, done = [], 0
@@ -355,8 +398,10 @@ def apply_model(
     graph = {key: task for g in graphs for key, task in g[0].items()}
     keys = [[key for g in graphs for key in g[k]] for k in (1, 2, 3)]
     results = _run(graph, *keys, client, done, total, progress, tile_resources)
+    lock.check()
     meta = replace(image.meta.select_channels(channels), name=Path(image.path).name + " (denoised)")
     levels = write_pyramid(output, meta, config.pyramid, client)
+    lock.check()
     ome.finalize_image(output, meta, config.ome_version, levels)
     ledger.remove()
     return ApplyReport(
@@ -374,6 +419,8 @@ def _run(
         progress(done, total)
     if client is None:
         tiles, blocks, _ = dask.threaded.get(graph, [tile_keys, block_keys, drop_keys])
+        if failed := _failed(blocks):
+            raise failed
         if progress:
             progress(total, total)
         return {"tile": list(tiles), "block": list(blocks)}
@@ -384,6 +431,9 @@ def _run(
     blocks = []
     for count, future in enumerate(as_completed(block_futures), done + 1):
         blocks.append(future.result())
+        if failed := _failed(blocks[-1:]):
+            client.cancel(tile_futures + block_futures + drop_futures)
+            raise failed
         if progress:
             progress(count, total)
     client.gather(drop_futures)

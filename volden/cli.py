@@ -6,7 +6,6 @@ Bad input ends in one line on stderr (``volden: error: ...``) and exit status 1.
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from ._version import __version__
 from .errors import VoldenError
+from .finite import NONFINITE
 from .views import DEFAULT_VIEWS, VIEWS
 
 Triple = tuple[int, int, int]
@@ -91,14 +91,18 @@ def training_bar() -> Iterator[Callable[[dict], None]]:
 
 @contextmanager
 def block_bar(unit: str = "block") -> Iterator[Callable[[int, int], None]]:
-    """A progress callback counting blocks (or ``unit``s), drawn on the first report like
-    :func:`training_bar`."""
+    """A progress callback counting blocks (or ``unit``s), drawn when the first one is done
+    (so an error before that, such as a damaged input, stays one line)."""
     bars: list[tqdm] = []
+    first: list[int] = []
 
     def show(done: int, total: int) -> None:
-        if not bars:
-            bars.append(tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr))
-        bars[0].update(done - bars[0].n)
+        if not first:
+            first.append(done)
+        if not bars and done > first[0]:
+            bars.append(tqdm(total=total, initial=first[0], unit=unit, dynamic_ncols=True, file=sys.stderr))
+        if bars:
+            bars[0].update(done - bars[0].n)
 
     try:
         yield show
@@ -158,17 +162,21 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-mb", type=float, default=512.0, show_default=True,
               help="Memory for the regions the patches are drawn from.")
+@click.option("--nonfinite", type=click.Choice(NONFINITE), default="refuse", show_default=True,
+              help="NaN or Inf input voxels: refuse the input, or fill them with the mean of the others.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, masked_phases, fill,
-          background_tries, flip_z, depth, width, device, seed, cache_mb, resume, overwrite) -> None:
+          background_tries, flip_z, depth, width, device, seed, cache_mb, nonfinite, resume, overwrite) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed).
 
     A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
     unless --channel picks one.
     """
+    from .finite import check_finite, filled_volume
     from .model import is_model_folder
     from .paths import check_output_path
+    from .runlock import RunLock, clear_folder, is_vacant
     from .training import TrainConfig, has_checkpoint, train_channels
     from .training import train as run_training
     from .volume import open_image
@@ -181,15 +189,30 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
     volume = image.volume(timepoint, channel or 0)
     target = Path(model_path)
     check_output_path(input, target, overwrite=True)
-    if resume and not has_checkpoint(target):
-        raise VoldenError(f"{model_path} has no checkpoint to resume from")
-    if not resume and target.exists():
-        if not overwrite:
-            raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
-        if not (is_model_folder(target) or has_checkpoint(target)):
-            raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
-        shutil.rmtree(target)
-    with training_bar() as show:
+
+    def check_target() -> None:
+        if resume and not has_checkpoint(target):
+            raise VoldenError(f"{model_path} has no checkpoint to resume from")
+        if not resume and target.exists() and not is_vacant(target):
+            if not overwrite:
+                raise VoldenError(f"{model_path} exists; pass --overwrite to replace it or --resume to continue it")
+            if not (is_model_folder(target) or has_checkpoint(target)):
+                raise VoldenError(f"{model_path} exists and is not a volden model folder; choose another path")
+
+    check_target()
+    if nonfinite == "refuse":
+        check_finite([image.volume(timepoint, c) for c in range(image.channels)] if each_channel else [volume],
+                     image.where)
+    elif not each_channel:
+        volume, count = filled_volume(volume, image.where)
+        if count:
+            click.echo(f"filled {count} NaN or Inf voxels of {image.where} with the mean of the others", err=True)
+    elif image.data.dtype.kind in "fc":
+        raise VoldenError("--nonfinite fill trains one channel at a time: pick it with --channel")
+    with RunLock(target, "train"), training_bar() as show:
+        check_target()
+        if not resume and target.exists():
+            clear_folder(target)
         if each_channel:
             announce = lambda line: click.echo(line, err=True)  # noqa: E731
             trained = list(train_channels(image, target, config, timepoint, resume, show, announce).models.values())
@@ -226,6 +249,9 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
               help="Denoise only this time point (repeatable; default all).")
 @click.option("--pyramid", type=click.IntRange(min=0), default=0, show_default=True,
               help="Downsampled levels to add for viewers (y and x halved each level; z once no coarser).")
+@click.option("--nonfinite", type=click.Choice(NONFINITE), default="refuse", show_default=True,
+              help="NaN or Inf input voxels: refuse the input, or fill them with the model's mean intensity "
+                   "(the count goes into OUTPUT's provenance).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into OUTPUT (or start it).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--cluster", default="local", show_default=True, help="local, slurm, or a scheduler address tcp://HOST:PORT.")
@@ -243,7 +269,7 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
 @click.option("--job-extra", multiple=True, help="SLURM: an extra #SBATCH directive (repeatable).")
 @click.option("--no-tls", is_flag=True, help="SLURM: plain TCP instead of TLS (only on a trusted network).")
 def apply(model_path, input, output, array, block, halo, blend, tta, device, dtype, ome_version, channels, timepoints,
-          pyramid, resume, overwrite, cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job,
+          pyramid, nonfinite, resume, overwrite, cluster, workers, jobs, adapt, partition, account, walltime, gpus_per_job,
           gpu_flag, cores, memory, job_extra, no_tls) -> None:
     """Denoise INPUT with MODEL into the OME-Zarr OUTPUT, block by block on a local Dask cluster.
 
@@ -261,7 +287,8 @@ def apply(model_path, input, output, array, block, halo, blend, tta, device, dty
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, tta=int(tta), device=device, dtype=dtype,
                          overwrite=overwrite, resume=resume, ome_version=ome_version,
-                         channels=channels or None, timepoints=timepoints or None, pyramid=pyramid)
+                         channels=channels or None, timepoints=timepoints or None, pyramid=pyramid,
+                         nonfinite=nonfinite)
     where = ClusterConfig(cluster=cluster, workers=workers, jobs=jobs, adapt=adapt, partition=partition,
                           account=account, walltime=walltime, gpus_per_job=gpus_per_job, gpu_flag=gpu_flag,
                           cores=cores, memory=memory, job_extra=tuple(job_extra), tls=not no_tls)
@@ -283,6 +310,8 @@ def apply(model_path, input, output, array, block, halo, blend, tta, device, dty
         try:
             report = apply_model(models, image, output, config, client=client, progress=show,
                                  tile_resources=tile_resources)
+        except VoldenError:
+            raise
         except Exception as err:
             ledger = Ledger(output)
             if not ledger.exists():

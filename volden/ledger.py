@@ -21,6 +21,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .errors import VoldenError
+
 RUN_DIR = "volden-run"
 Index = tuple[int, int, int]
 
@@ -58,7 +60,32 @@ class Ledger:
         _write_atomic(self.plan_file, json.dumps(plan, indent=1).encode())
 
     def plan(self) -> dict[str, Any]:
-        return json.loads(self.plan_file.read_text())
+        try:
+            plan = json.loads(self.plan_file.read_text())
+            if not isinstance(plan, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise _damaged(self.plan_file, err) from None
+        return plan
+
+    def check(self, grid: tuple[int, int, int]) -> None:
+        """Before a resume writes anything: every record of every volume is whole (a VoldenError
+        naming the first that is not). Tile pieces are checked by their ``.npy`` headers and
+        sizes, not their bytes: they carry no checksum."""
+        for done in [*self.root.glob("done/*"), *self.root.glob("parts/*/done/*")]:
+            try:
+                index = _index(done.name)
+            except ValueError:
+                raise _damaged(done, ValueError("not a block marker"), done) from None
+            if not all(0 <= i < n for i, n in zip(index, grid)):
+                raise _damaged(done, ValueError(f"block {index} is outside the grid {grid}"), done)
+        for piece in [*self.root.glob("tiles/*/*.npy"), *self.root.glob("parts/*/tiles/*/*.npy")]:
+            if piece.parent.name.endswith(".partial"):
+                continue
+            try:
+                np.load(piece, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as err:
+                raise _damaged(piece, err, piece.parent) from None
 
     def part(self, name: str) -> "Ledger":
         """The record of one volume of the run, ready to be written (``""``: a 3D image's only
@@ -112,6 +139,13 @@ class Ledger:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _damaged(path: Path, err: BaseException, remove: Path | None = None) -> VoldenError:
+    """The error for a damaged record; deleting ``remove`` and resuming recomputes what it held."""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    again = f"delete {remove} and resume again to recompute it, or " if remove else ""
+    return VoldenError(f"{path} is damaged ({reason}); {again}pass --overwrite to start again")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

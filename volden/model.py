@@ -124,7 +124,12 @@ def load_model(path: str | Path) -> Model:
             weights = load_file(str(folder / WEIGHTS_FILE))
         except SafetensorError as err:
             raise VoldenError(f"{folder / WEIGHTS_FILE} is damaged ({err}); train the model again or restore the file") from None
-        network.load_state_dict(weights)
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as err:
+            lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            raise VoldenError(f"{config_file} does not match {folder / WEIGHTS_FILE} "
+                              f"({lines[0] if lines else err}); restore the pair as training wrote it") from None
         normalisation = Normalisation.from_dict(meta["normalisation"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

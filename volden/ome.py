@@ -199,7 +199,7 @@ def create_image(
     shards never touches a file another writer writes.
     """
     zarr_format = 3 if version == "0.5" else 2
-    group = zarr.open_group(str(path), mode="w-", zarr_format=zarr_format)
+    group = zarr.create_group(str(path), zarr_format=zarr_format)  # refuses an existing group; a run's lock may be there
     group.attrs["volden"] = {**volden_attrs, "status": "running"}
     return create_level(group, dataset_path, shape, chunks, dtype, axes, shards)
 
