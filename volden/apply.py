@@ -221,7 +221,7 @@ def _block_budget(client: Client | None, device: str, width: int) -> int:
     """Voxels one forward pass takes on the smallest device that will run it."""
     if client is None:
         return _worker_budget(device, width)
-    budgets = client.run(_worker_budget, device, width)
+    budgets = client.run(_worker_budget, device, width, on_error="ignore")  # a worker lost meanwhile has no say
     return min(budgets.values()) if budgets else _worker_budget(device, width)
 
 

@@ -27,6 +27,7 @@ from distributed.security import Security
 
 from .errors import VoldenError
 
+ALLOWED_FAILURES = 10  # workers that may die under one task before the run fails (open_client)
 GPU_FLAGS = ("gres", "gpus")
 LIFETIME_MARGIN = 0.1  # of the walltime: a worker retires this long before SLURM would kill it
 LIFETIME_STAGGER = 0.05  # of the walltime, so workers do not all retire at once
@@ -117,12 +118,14 @@ class ClusterConfig:
 
 @contextmanager
 def open_client(config: ClusterConfig) -> Iterator[Client]:
-    """A client of the configured cluster, closed (jobs cancelled, credentials deleted) after."""
-    if config.cluster == "local":
-        with local_client(config.workers) as client:
-            yield client
-    elif config.cluster == "slurm":
-        with slurm_client(config) as client:
+    """A client of the configured cluster, closed (jobs cancelled, credentials deleted) after.
+
+    A scheduler volden starts retries a task on up to :data:`ALLOWED_FAILURES` workers that die
+    under it (dask's default is 3): every task is idempotent, and on a preemptible partition or
+    under the fault soak (benchmarks/soak.py) a tile is lost with its worker more than 3 times."""
+    if config.cluster in ("local", "slurm"):
+        started = local_client(config.workers) if config.cluster == "local" else slurm_client(config)
+        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}), started as client:
             yield client
     else:
         try:

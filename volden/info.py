@@ -13,6 +13,7 @@ import zarr
 
 from .divergence import restarts_note
 from .ledger import Ledger
+from .runlock import describe as describe_holder, read_lock
 from .model import Model, is_model_folder, load_models
 from .tiling import Tiling
 from .volume import Image, open_image
@@ -69,6 +70,8 @@ def _describe_run(path: Path, run: dict) -> list[str]:
         ledger = Ledger(path)
         done = ledger.done_count() if ledger.exists() else 0
         progress = f"UNFINISHED: {done}/{total} blocks done; finish it with volden apply ... --resume"
+        if (lock := read_lock(Path(path))) is not None:
+            progress += f" (locked by {describe_holder(lock)}; a run that is gone is taken over)"
     return [
         f"volden run  {progress}",
         f"made from   {run.get('input')}" + (f" (array {run['array']})" if run.get("array") else ""),

@@ -23,6 +23,7 @@ CPU_MAX_VOXELS = 2**24  # beyond this a CPU pass gets no faster per voxel, only 
 CPU_BYTES_PER_VOXEL_PER_CHANNEL = 28  # float32 activations alive at once, measured
 CUDA_BYTES_PER_VOXEL_PER_CHANNEL = 24  # bf16 activations of the widest full-resolution layers
 MEMORY_SHARE = 0.25  # of the memory free now, per forward pass
+DEFAULT_REACH = 0.75  # of the receptive radius: the default halo (benchmarks/halo_reach.py, BENCHMARKS.md "Halo")
 Pad = list[tuple[int, int]]
 _device_locks: dict[str, threading.Lock] = {}
 
@@ -186,11 +187,16 @@ def predict_weighted(
         return prediction.cpu().numpy()
 
 
-def default_halo(model: Model) -> tuple[int, int, int]:
-    """Half the receptive radius, rounded up to a multiple of 4 (and of the pooling)."""
+def reach_halo(model: Model, fraction: float) -> tuple[int, int, int]:
+    """``fraction`` of the receptive radius, rounded up to a multiple of 4 (and of the pooling)."""
     radius = receptive_radius(model.config)
     step = [max(4, d) for d in model.config.divisor]
-    return tuple(int(-(-(r // 2) // s) * s) for r, s in zip(radius, step))  # type: ignore[return-value]
+    return tuple(int(-(-int(r * fraction) // s) * s) for r, s in zip(radius, step))  # type: ignore[return-value]
+
+
+def default_halo(model: Model) -> tuple[int, int, int]:
+    """The halo blocked inference uses unless told: :data:`DEFAULT_REACH` of the receptive radius."""
+    return reach_halo(model, DEFAULT_REACH)
 
 
 @torch.inference_mode()

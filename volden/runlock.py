@@ -71,6 +71,12 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, int] | None:
     return (holder if isinstance(holder, dict) else None), mtime
 
 
+def read_lock(folder: Path) -> dict[str, Any] | None:
+    """The holder recorded in ``folder``'s lock, if there is one (alive or not)."""
+    seen = _read(folder / LOCK_FILE)
+    return seen[0] if seen else None
+
+
 def describe(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "another volden run"
