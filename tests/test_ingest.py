@@ -17,7 +17,9 @@ import zarr
 from cli_helpers import run_with_peak_rss, volden_command
 from conftest import REAL_DATA
 from volden.errors import VoldenError
-from volden.ingest import Calibration, ingest_tiff, length_unit, output_layout, resolve_calibration
+from volden.formats.source import Calibration
+from volden.formats.units import length_unit
+from volden.ingest import ingest_image, output_layout, resolve_calibration
 from volden.volume import open_image
 
 
@@ -36,7 +38,7 @@ def test_imagej_hyperstack_keeps_axes_voxel_size_and_channel_names(tmp_path, ver
     data = _random((70, 2, 20, 300))
     tifffile.imwrite(tmp_path / "stack.tif", data, imagej=True, resolution=(4.0, 4.0),
                      metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um", "Labels": ["GFP", "RFP"]})
-    done = ingest_tiff(tmp_path / "stack.tif", tmp_path / "out.zarr", ome_version=version)
+    done = ingest_image(tmp_path / "stack.tif", tmp_path / "out.zarr", ome_version=version)
 
     image = open_image(tmp_path / "out.zarr")
     assert image.meta.axes == ("c", "z", "y", "x")
@@ -63,8 +65,8 @@ def test_ome_tiff_physical_sizes_in_one_unit(tmp_path) -> None:
         "axes": "TZCYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 1500, "PhysicalSizeZUnit": "nm",
         "Channel": {"Name": ["DAPI", "GFP"]},
     })
-    ingest_tiff(tmp_path / "stack.ome.tif", tmp_path / "um.zarr")
-    ingest_tiff(tmp_path / "stack.ome.tif", tmp_path / "nm.zarr", unit="nm")
+    ingest_image(tmp_path / "stack.ome.tif", tmp_path / "um.zarr")
+    ingest_image(tmp_path / "stack.ome.tif", tmp_path / "nm.zarr", unit="nm")
 
     image = open_image(tmp_path / "um.zarr")
     assert image.meta.axes == ("t", "c", "z", "y", "x")
@@ -85,7 +87,7 @@ def test_folder_of_slices_in_natural_order(tmp_path) -> None:
     (folder / "notes.txt").write_text("not a slice\n")
     (folder / "._slice_1.tif").write_bytes(b"macOS resource fork, not a TIFF")
 
-    done = ingest_tiff(folder, tmp_path / "out.zarr")
+    done = ingest_image(folder, tmp_path / "out.zarr")
     image = open_image(tmp_path / "out.zarr")
     assert image.meta.axes == ("z", "y", "x")
     assert image.meta.voxel_size == (1.0, 0.5, 0.5) and image.meta.unit == "micrometer"
@@ -93,7 +95,7 @@ def test_folder_of_slices_in_natural_order(tmp_path) -> None:
     np.testing.assert_array_equal(_stored(tmp_path / "out.zarr"), planes)
     assert image.source.shards is None  # one slab is one chunk: nothing to group
 
-    done = ingest_tiff(folder, tmp_path / "given.zarr", voxel_size=(3.0, 0.5, 0.5))
+    done = ingest_image(folder, tmp_path / "given.zarr", voxel_size=(3.0, 0.5, 0.5))
     assert open_image(tmp_path / "given.zarr").meta.voxel_size == (3.0, 0.5, 0.5)
     assert done.voxel_note == "from --voxel-size" and done.source.kind == "slices"
 
@@ -102,7 +104,7 @@ def test_folder_of_slices_in_natural_order(tmp_path) -> None:
 def test_plain_multipage_tiff_counts_its_pages_as_z(tmp_path, metadata) -> None:
     data = _random((5, 16, 16), np.float32)
     tifffile.imwrite(tmp_path / "pages.tif", data, metadata=metadata)
-    done = ingest_tiff(tmp_path / "pages.tif", tmp_path / "out.zarr")
+    done = ingest_image(tmp_path / "pages.tif", tmp_path / "out.zarr")
     image = open_image(tmp_path / "out.zarr")
     assert image.meta.axes == ("z", "y", "x") and image.meta.unit is None
     assert done.voxel_note == "not in the TIFF metadata: pass --voxel-size Z,Y,X"
@@ -119,7 +121,7 @@ def test_plain_multipage_tiff_counts_its_pages_as_z(tmp_path, metadata) -> None:
 def test_stack_layouts_are_read_plane_by_plane(tmp_path, write, shape, channel_axis) -> None:
     data = _random(shape, np.uint8)
     tifffile.imwrite(tmp_path / "stack.tif", data, **write)
-    ingest_tiff(tmp_path / "stack.tif", tmp_path / "out.zarr")
+    ingest_image(tmp_path / "stack.tif", tmp_path / "out.zarr")
     assert open_image(tmp_path / "out.zarr").meta.axes == ("c", "z", "y", "x")
     np.testing.assert_array_equal(_stored(tmp_path / "out.zarr"), np.moveaxis(data, channel_axis, 0))
 
@@ -135,7 +137,7 @@ def test_unfinished_output_is_not_an_image_and_a_failed_one_is_removed(tmp_path,
             raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        ingest_tiff(tmp_path / "stack.tif", output, progress=look)
+        ingest_image(tmp_path / "stack.tif", output, progress=look)
     assert seen == [("running", False)]
     assert not output.exists()
 
@@ -164,7 +166,7 @@ def test_units_and_voxel_sizes() -> None:
     ("cellfinder_stpt_signal_crop.tif", ("z", "y", "x"), (5.0, 2.0, 2.0)),
 ])
 def test_real_tiff_volumes(tmp_path, name, axes, voxel_size) -> None:
-    ingest_tiff(REAL_DATA / name, tmp_path / "out.zarr")
+    ingest_image(REAL_DATA / name, tmp_path / "out.zarr")
     image = open_image(tmp_path / "out.zarr")
     assert image.meta.axes == axes
     assert image.meta.voxel_size == pytest.approx(voxel_size, rel=1e-3) and image.meta.unit == "micrometer"

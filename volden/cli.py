@@ -332,25 +332,25 @@ def apply(model_path, input, output, array, block, halo, blend, tta, device, dty
 @cli.command()
 @click.argument("input", type=click.Path())
 @click.argument("output", type=click.Path())
-@click.option("--voxel-size", type=FLOAT_TRIPLE, default=None, help="Voxel size Z,Y,X (default: from the TIFF metadata).")
-@click.option("--unit", default=None, help="Unit of the voxel size, e.g. micrometer (default: the TIFF metadata's).")
+@click.option("--voxel-size", type=FLOAT_TRIPLE, default=None, help="Voxel size Z,Y,X (default: from the file's metadata).")
+@click.option("--unit", default=None, help="Unit of the voxel size, e.g. micrometer (default: the metadata's).")
 @click.option("--ome-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def ingest(input, output, voxel_size, unit, ome_version, overwrite) -> None:
-    """Convert a TIFF / OME-TIFF stack or a folder of 2D TIFF slices into an OME-Zarr image,
-    one plane at a time (never the whole stack in memory)."""
-    from .ingest import ingest_tiff
+    """Convert a TIFF / OME-TIFF stack, a folder of 2D TIFF slices, a BigDataViewer dataset (its
+    XML, with HDF5 or N5), an N5 dataset or a CZI file into an OME-Zarr image, a plane or a slab
+    at a time (never the whole image in memory)."""
+    from .ingest import ingest_image
 
     with block_bar("plane") as show:
-        done = ingest_tiff(input, output, voxel_size=voxel_size, unit=unit, ome_version=ome_version,
-                           overwrite=overwrite, progress=show)
+        done = ingest_image(input, output, voxel_size=voxel_size, unit=unit, ome_version=ome_version,
+                            overwrite=overwrite, progress=show)
     source, meta = done.source, done.meta
     shards = f" in shards of {','.join(map(str, done.shards))}" if done.shards else ""
-    files = f"{len(source.files)} file{'s' if len(source.files) > 1 else ''}"
     click.echo(
         f"wrote {output}: {'x'.join(map(str, source.shape))} ({','.join(source.axes)}) {source.dtype}, voxel size "
         f"{','.join(f'{v:g}' for v in meta.voxel_size)}{' ' + meta.unit if meta.unit else ''} ({done.voxel_note}), "
-        f"chunks {','.join(map(str, done.chunks))}{shards}; {source.planes} planes from {files} in "
+        f"chunks {','.join(map(str, done.chunks))}{shards}; {source.planes} planes from {source.origin()} in "
         f"{done.seconds:.1f} s ({source.nbytes / 1e6 / done.seconds:.3g} MB/s)"
     )
 

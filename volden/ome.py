@@ -27,6 +27,8 @@ OME_VERSIONS = ("0.4", "0.5")
 # 0.63x the time of zarr's default (zstd level 0, no shuffle) and stores 0.80x the bytes
 # (BENCHMARKS.md, "Device speed"); every OME-Zarr reader decodes Blosc.
 COMPRESSOR = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
+# Channel colours, green and magenta first: the pair most eyes tell apart.
+PALETTE = ("00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00", "FFFFFF")
 
 
 @dataclass(frozen=True)
@@ -237,3 +239,18 @@ def finalize_image(
     levels = levels or [Level("0", meta.scale)]
     volden = {**group.attrs.get("volden", {}), "status": "complete"}
     group.attrs.update({**image_attributes(meta, levels, version), "volden": volden})
+
+
+def channel_entries(
+    names: Sequence[str], ranges: dict[int, tuple[float, float]] | None = None
+) -> tuple[dict[str, Any], ...]:
+    """OME ``omero`` channel entries: label, a colour, and (given ``ranges``, the values seen per
+    channel) a display window."""
+    entries = []
+    for channel, name in enumerate(names):
+        entry: dict[str, Any] = {"label": name, "color": PALETTE[channel % len(PALETTE)], "active": True}
+        if ranges is not None:
+            low, high = ranges.get(channel, (0.0, 1.0))
+            entry["window"] = {"min": low, "max": high, "start": low, "end": high}
+        entries.append(entry)
+    return tuple(entries)

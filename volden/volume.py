@@ -1,4 +1,5 @@
-"""Open images lazily from zarr v2/v3 arrays, named arrays in groups and OME-Zarr images.
+"""Open images lazily from zarr v2/v3 arrays, named arrays in groups and OME-Zarr images, and from
+BigDataViewer datasets and N5 (:func:`volden.formats.open_stored`).
 
 An :class:`Image` has axes ``(t, c,) z, y, x``; volden denoises it one 3D :class:`Volume` (one
 time point of one channel) at a time. Axes come from the OME metadata, from a zarr v3 array's
@@ -16,8 +17,12 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from dask.base import tokenize
+
 from . import ome
 from .errors import VoldenError
+from .formats import open_stored
+from .formats.source import StoredSource, dask_chunks
 
 
 class VolumeView:
@@ -74,7 +79,7 @@ class Image:
     meta: ome.ImageMeta
     path: str
     array_path: str
-    source: zarr.Array
+    source: Any  # the stored array behind ``data``: a zarr array or a formats.StoredArray
     has_scale: bool = True
     levels: int = 1  # of its multiscale pyramid
 
@@ -170,6 +175,9 @@ def open_image(path: str | Path, array: str | None = None) -> Image:
     ``array`` names an array (or an OME-Zarr image group) inside a group. Nothing is read but
     metadata.
     """
+    stored = open_stored(path, array)
+    if stored is not None:
+        return _stored_image(stored, str(path), array)
     path = str(path)
     node, where = _open_node(path), path
     if array:
@@ -200,6 +208,24 @@ def open_image(path: str | Path, array: str | None = None) -> Image:
         data=da.from_zarr(node), meta=meta, path=path, array_path=where[len(path):].lstrip("/"),
         source=node, has_scale=has_scale, levels=levels,
     )
+
+
+def _stored_image(stored: StoredSource, path: str, array: str | None) -> Image:
+    """An Image over a BDV or N5 store, its chunks whole stored chunks near the viewer's size."""
+    found = stored.array
+    lead = len(stored.axes) - 3
+    voxel_size, unit = stored.calibration.voxel_size, stored.calibration.unit
+    has_scale = all(v is not None for v in voxel_size)
+    names = stored.calibration.channel_names
+    meta = ome.ImageMeta(
+        stored.axes, (1.0,) * lead + (tuple(voxel_size) if has_scale else (1.0,) * 3),  # type: ignore[arg-type]
+        (None,) * lead + (unit if has_scale else None,) * 3,
+        ome.channel_entries(names) if names else None, Path(path).name,
+    )
+    name = f"{stored.format.lower().replace(' ', '-')}-{tokenize(str(Path(path).resolve()), array, found.name, stored.shape)}"
+    data = da.from_array(found, chunks=dask_chunks(stored.shape, found.chunks), name=name,
+                         meta=np.empty((0,) * len(stored.shape), stored.dtype))
+    return Image(data=data, meta=meta, path=path, array_path=array or "", source=found, has_scale=has_scale)
 
 
 def open_volume(
