@@ -8,6 +8,7 @@ names from its Channel elements. One scene per file: a multi-scene file is refus
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -42,17 +43,17 @@ class CziSource(Source):
         with _open(self.path) as czi:
             for index in np.ndindex(*self.sizes):
                 plane = dict(zip("TCZ", index))
-                try:
-                    values = czi.read(roi=self.rectangle, plane=plane, pixel_type=self.pixel_type)
-                except RuntimeError as err:
-                    raise VoldenError(f"{self.path}: cannot read its plane {plane} ({err})") from None
+                values = czi.read(roi=self.rectangle, plane=plane, pixel_type=self.pixel_type)
                 yield tuple(plane[axis] for axis in kept) + (plane["Z"],), values[..., 0]
 
 
-def _open(path: Path) -> Any:
-    pyczi = need("pylibCZIrw", "CZI").czi
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Any]:
+    """The file open for reading; libCZI's own errors (a damaged file) as one line."""
+    pyczi = need("pylibCZIrw.czi", "CZI")
     try:
-        return pyczi.open_czi(str(path))
+        with pyczi.open_czi(str(path)) as czi:
+            yield czi
     except RuntimeError as err:
         raise VoldenError(f"{path}: cannot read it as a CZI file ({err})") from None
 

@@ -31,7 +31,7 @@ def need(module: str, reading: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise VoldenError(f"reading {reading} needs {module}: pip install 'volden[formats]'") from None
+        raise VoldenError(f"reading {reading} needs {module.split('.')[0]}: pip install 'volden[formats]'") from None
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class StoredSource(Source):
             at = ", ".join(f"{axis} {k}" if isinstance(k, int) else f"{axis} {k.start}-{k.stop}"
                            for axis, k in zip(self.axes, key))
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise VoldenError(f"{self.array.name} cannot be read at {at} ({reason})") from None
+            raise VoldenError(f"{self.array.name} is damaged: it cannot be read at {at} ({reason})") from None
 
 
 class Stack:
