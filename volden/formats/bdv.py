@@ -25,6 +25,7 @@ from .source import Calibration, Stack, StoredSource, need
 from .units import length_unit, positive
 
 LOADERS = {"bdv.hdf5": "hdf5", "bdv.n5": "n5"}
+BAND_BYTES = 16 * 2**20
 ATTRIBUTE_KINDS = ("channel", "angle", "illumination", "tile")
 
 
@@ -35,7 +36,12 @@ def _hdf5_file(path: str) -> Any:
 
 
 class Hdf5Array:
-    """One dataset of an HDF5 file, read by boxes through h5py (BDV's int16 as uint16)."""
+    """One dataset of an HDF5 file, read by boxes through h5py (BDV's int16 as uint16).
+
+    HDF5 holds a copy of all that one read selects on top of the array it fills (a 2 GB ingest
+    would hold each 256 MiB slab twice), so a box is read into its array in bands of rows of
+    at most :data:`BAND_BYTES`, along the chunk grid.
+    """
 
     def __init__(self, file: Path, dataset: str) -> None:
         self.file, self.dataset, self.name = str(file), dataset, f"{file}:{dataset}"
@@ -44,8 +50,31 @@ class Hdf5Array:
         self.dtype = np.dtype(np.uint16) if stored.dtype == np.int16 else np.dtype(stored.dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        values = np.asarray(_hdf5_file(self.file)[self.dataset][key])
-        return values.view(self.dtype) if values.dtype != self.dtype else values
+        key = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * (len(self.shape) - 1)
+        ranges = [_range(k, n) for k, n in zip(key, self.shape)]
+        stored = _hdf5_file(self.file)[self.dataset]
+        values = np.empty([stop - start for start, stop in ranges], stored.dtype)
+        (top, bottom), rows = ranges[-2], self.chunks[-2]
+        row_bytes = values.nbytes // max(1, bottom - top)
+        band = max(1, BAND_BYTES // max(1, row_bytes * rows)) * rows
+        edges = sorted({top, bottom, *range((top // band + 1) * band, bottom, band)})
+        for start, stop in zip(edges, edges[1:]):
+            source = tuple(slice(*r) for r in ranges[:-2]) + (slice(start, stop), slice(*ranges[-1]))
+            if values.size:
+                stored.read_direct(values, source, (Ellipsis, slice(start - top, stop - top), slice(None)))
+        picked = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in key[:len(self.shape)])
+        return values[picked].view(self.dtype)
+
+
+def _range(key: Any, size: int) -> tuple[int, int]:
+    """(start, stop) of an index or a step-1 slice along an axis of ``size``."""
+    if isinstance(key, slice):
+        start, stop, step = key.indices(size)
+        if step != 1:
+            raise ValueError(f"volden reads HDF5 boxes with step 1, not {step}")
+        return start, max(start, stop)
+    index = int(key) + (size if int(key) < 0 else 0)
+    return index, index + 1
 
 
 @dataclass(frozen=True)

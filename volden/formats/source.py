@@ -136,6 +136,8 @@ class Stack:
         for index in itertools.product(*(p if isinstance(p, range) else [p] for p in picked)):
             number = int(np.ravel_multi_index(index, self.lead_shape)) if index else 0
             pieces.append(np.asarray(self.arrays[number][box]))
+        if len(pieces) == 1:  # one volume (as ingest reads): no copy of a slab
+            return pieces[0].reshape(tuple(kept) + pieces[0].shape)
         if not pieces:
             return np.empty(tuple(kept) + np.asarray(self.arrays[0][box]).shape, self.dtype)
         return np.stack(pieces).reshape(tuple(kept) + pieces[0].shape)
