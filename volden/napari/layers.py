@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import dask.array as da
 import numpy as np
+from napari.layers import Image
 
 from ..errors import VoldenError
 from ..inference import denoise
@@ -26,8 +27,6 @@ def full_resolution(layer: Any) -> Any:
 
 def check_image_layer(layer: Any) -> None:
     """A VoldenError naming why ``layer`` cannot be denoised, or nothing."""
-    from napari.layers import Image
-
     if layer is None:
         raise VoldenError("no image layer: open a volume or pick one")
     if not isinstance(layer, Image):

@@ -9,7 +9,7 @@ BACKGROUND, FOREGROUND = "#262930", "#f0f1f2"  # napari's dark theme
 
 
 class LossCurve(FigureCanvasQTAgg):
-    """Training loss (masked MSE) against step, on a log scale; redrawn when Qt is idle."""
+    """Training loss (masked MSE) against step; redrawn when Qt is idle."""
 
     def __init__(self) -> None:
         figure = Figure(figsize=(3.2, 2.0), facecolor=BACKGROUND, layout="constrained")
@@ -21,7 +21,6 @@ class LossCurve(FigureCanvasQTAgg):
         self.axes.tick_params(colors=FOREGROUND, labelsize=7)
         self.axes.set_xlabel("step", color=FOREGROUND, fontsize=8)
         self.axes.set_ylabel("loss", color=FOREGROUND, fontsize=8)
-        self.axes.set_yscale("log")
         (self.line,) = self.axes.plot([], [], color="#7ec4ff", linewidth=1)
         self.steps: list[int] = []
         self.losses: list[float] = []

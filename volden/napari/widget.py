@@ -189,7 +189,8 @@ class DenoiseWidget(QWidget):
         self.loss_curve.clear()
         self.progress.setValue(0)
         self._training(True)
-        self.status.setText(f"training on {layer.name} {volume.index or ''} -> {folder}")
+        where = f" at {volume.index}" if volume.index else ""
+        self.status.setText(f"training on {layer.name}{where} into {folder}")
         self.worker = create_worker(
             train, volume, folder, config, progress=self.step_done.emit, stop=self.stop_request.is_set,
             _ignore_errors=True,
