@@ -307,11 +307,14 @@ def train(
     config: TrainConfig = TrainConfig(),
     resume: bool = False,
     progress: Callable[[dict], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Model:
     """Train a Noise2Self model on ``volume`` and save it (the weights :func:`kept_weights` picks)
     to ``output``.
 
     ``progress`` is called after every step with a dict of step, loss, voxels/s and elapsed s.
+    ``stop`` is asked after every step; once it returns True the run ends there as if its budget
+    were spent (the last step validated, a whole model saved), so a GUI can cancel it.
     """
     output = Path(output)
     check_output_path(volume.path, output, overwrite=True)
@@ -349,9 +352,10 @@ def train(
         return (config.steps is not None and step >= config.steps) or elapsed >= budget_s
 
     first_step, first_elapsed = state["step"], state["elapsed"]
+    stopped = False
     try:
         step = state["step"]
-        while not finished(step, time.perf_counter() - start):
+        while not stopped and not finished(step, time.perf_counter() - start):
             elapsed = time.perf_counter() - start
             fraction = max(step / config.steps if config.steps else 0.0, elapsed / budget_s)
             for group in optimizer.param_groups:
@@ -363,7 +367,8 @@ def train(
             losses.append(loss_value)
             guard.diverged(loss_value)
             elapsed = time.perf_counter() - start
-            if step % config.validate_every == 0 or finished(step, elapsed):
+            stopped = stop is not None and stop()
+            if step % config.validate_every == 0 or stopped or finished(step, elapsed):
                 val = validation_loss(network, val_patches, val_masks, config.fill, device)
                 state["history"].append(
                     {"step": step, "elapsed": round(elapsed, 2), "loss": float(np.mean(losses)), "val_loss": val,
