@@ -76,12 +76,12 @@ def export_bioimageio(
 ) -> Exported:
     """Write the model at ``model_path`` (``channel`` of a per-channel set) as a bioimage.io
     package ``output`` (.zip); it appears whole or not at all."""
-    spec = _bioimageio_spec()
     model = pick_model(model_path, channel)
     check_output_path(model_path, output, overwrite)
+    if not Path(output).parent.is_dir():
+        raise VoldenError(f"{Path(output).parent}: no such folder for {Path(output).name}")
     output = Path(output).absolute()
-    if not output.parent.is_dir():
-        raise VoldenError(f"{output.parent}: no such folder for {output.name}")
+    spec = _bioimageio_spec()
     smallest, step = input_sizes(model)
     shape = tuple(-(-max(m, SAMPLE_SIDE) // s) * s for m, s in zip(smallest, step))
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as work:
