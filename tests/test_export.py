@@ -1,6 +1,7 @@
 """`volden export`: a bioimage.io model package that bioimageio.spec validates, that
-bioimageio.core's model test passes, and whose prediction through bioimageio.core equals
-volden's own on a volume the package has never seen; bad input refused in one line."""
+bioimageio.core's model test passes, and whose prediction through bioimageio.core, whole or in
+core's own tiles, equals volden's own on a volume the package has never seen; bad input
+refused in one line."""
 
 from __future__ import annotations
 
@@ -74,25 +75,26 @@ def test_package_validates_and_describes_the_model(package, model_folder):
     spatial = inputs["axes"][2:]
     halo, divisor = default_halo(model), model.config.divisor
     assert [a["size"]["step"] for a in spatial] == list(divisor) == [1, 4, 4]
-    assert [a["size"]["min"] for a in spatial] == [h + d for h, d in zip(halo, divisor)]
+    assert [a["size"]["min"] for a in spatial] == [2 * h + d for h, d in zip(halo, divisor)]
     assert [a["scale"] for a in spatial] == [a["scale"] for a in outputs["axes"][2:]] == list(VOXEL_SIZE)
-    assert all("halo" not in a for a in outputs["axes"])
+    assert [a["halo"] for a in outputs["axes"][2:]] == list(halo)
+    assert inputs["pad"] == {"mode": "reflect"}  # as volden pads at a volume's faces
     normalise = [p for p in inputs["preprocessing"] if p["id"] == "fixed_zero_mean_unit_variance"]
     assert normalise[0]["kwargs"] == {"mean": model.normalisation.mean, "std": model.normalisation.std}
     invert = [p for p in outputs["postprocessing"] if p["id"] == "scale_linear"]
     assert invert[0]["kwargs"] == {"gain": model.normalisation.std, "offset": model.normalisation.mean}
-    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["edge"] == list(halo)
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"] == model.config.to_dict()
     assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript"}
     assert [c["doi"] for c in rdf["cite"]] == [NOISE2SELF_DOI]
     assert rdf["config"]["volden"]["weights_sha256"] == model.digest
     with zipfile.ZipFile(package) as archive:
-        assert f"overlap by this halo** on each side ({','.join(map(str, halo))} voxels" in archive.read("README.md").decode()
+        assert f"declare a halo of {','.join(map(str, halo))} voxels (z, y, x)" in archive.read("README.md").decode()
         with archive.open("test_input.npy") as f:
             test_input = np.load(f)
         with archive.open("test_output.npy") as f:
             test_output = np.load(f)
     assert test_input.shape[:2] == (1, 1) and test_output.shape == test_input.shape
-    np.testing.assert_array_equal(test_output[0, 0], predict_array(model, test_input[0, 0], "cpu"))
+    np.testing.assert_array_equal(test_output[0, 0], predict_array(model, test_input[0, 0], "cpu", edge=(0, 0, 0)))
 
 
 def test_bioimageio_core_model_test_passes(package):
@@ -102,16 +104,35 @@ def test_bioimageio_core_model_test_passes(package):
     assert len(reproduced) == 2  # both weight formats
 
 
-@pytest.mark.parametrize("weight_format", ["pytorch_state_dict", "torchscript"])
-def test_bioimageio_core_prediction_of_a_fresh_volume_equals_volden(package, model_folder, weight_format):
+@pytest.mark.parametrize("weight_format, tiled", [("pytorch_state_dict", False), ("torchscript", False),
+                                                  ("pytorch_state_dict", True)])
+def test_bioimageio_core_prediction_of_a_fresh_volume_equals_volden(package, model_folder, weight_format, tiled):
+    """Whole, and in bioimageio.core's own tiles (overlapping by the declared halo), as a tiling
+    tool runs the package on a volume too large for one pass."""
     raw = _noisy(FRESH_SHAPE, seed=11)
     expected = predict_array(load_model(model_folder), raw, "cpu")
-    pipeline = bioimageio_core.create_prediction_pipeline(load_description(package), weight_format=weight_format)
-    got = bioimageio_core.predict(model=pipeline, inputs={"raw": raw[None, None]}).members["denoised"].data.values
+    description = load_description(package)
+    pipeline = bioimageio_core.create_prediction_pipeline(description, weight_format=weight_format)
+    blocks = _largest_tiles(description) if tiled else None
+    got = bioimageio_core.predict(model=pipeline, inputs={"raw": raw[None, None]}, blocksize_parameter=blocks)
+    got = got.members["denoised"].data.values
     assert got.shape == (1, 1, *FRESH_SHAPE)
     difference = float(np.abs(got[0, 0] - expected).max() / np.ptp(expected))
-    print(f"{weight_format}: max |bioimageio.core - predict_array| = {difference:.2e} of the range")
+    print(f"{weight_format} {'tiled' if tiled else 'whole'}: max |bioimageio.core - predict_array| = "
+          f"{difference:.2e} of the range")
     assert difference < TOLERANCE
+
+
+def _largest_tiles(description) -> dict:
+    """bioimageio.core's block size parameter n per axis for the largest tiles it takes: a
+    tile (min + n * step voxels, the halo on each side included) no larger than the volume,
+    which then still needs two or more per axis, as its halo is cropped."""
+    axes = [a for a in description.inputs[0].axes if a.type == "space"]
+    halos = [a.halo for a in description.outputs[0].axes if a.type == "space"]
+    parameters = [(size - a.size.min) // a.size.step for a, size in zip(axes, FRESH_SHAPE)]
+    kept = [a.size.min + n * a.size.step - 2 * h for a, n, h in zip(axes, parameters, halos)]
+    assert all(0 < k < size for k, size in zip(kept, FRESH_SHAPE))  # tiles, not one pass
+    return {("raw", a.id): n for a, n in zip(axes, parameters)}
 
 
 def test_architecture_file_loads_without_volden(package, tmp_path):
@@ -125,7 +146,7 @@ def test_architecture_file_loads_without_volden(package, tmp_path):
         "spec = importlib.util.spec_from_file_location('shipped_unet', 'unet.py')\n"
         "module = importlib.util.module_from_spec(spec); sys.modules['shipped_unet'] = module\n"
         "spec.loader.exec_module(module)\n"
-        f"network = module.EdgeReflectedUNet(**json.loads({json.dumps(json.dumps(kwargs))})).eval()\n"
+        f"network = module.unet_from_kwargs(**json.loads({json.dumps(json.dumps(kwargs))})).eval()\n"
         "network.load_state_dict(torch.load('weights.pt', weights_only=True))\n"
         "x = torch.from_numpy(numpy.load('test_input.npy'))\n"
         "print(json.dumps(list(network((x - x.mean()) / x.std()).shape)))\n"

@@ -1,13 +1,11 @@
 """A volden model as a bioimage.io model package (spec 0.5), for the BioImage Model Zoo,
 deepImageJ, ilastik and bioimageio.core.
 
-The package runs the network as :func:`volden.predict.predict_array` does on a whole array:
-the model's normalisation is the pre-processing and its inverse the post-processing, and the
-network (:class:`volden.unet.EdgeReflectedUNet`, shipped as volden's own ``unet.py``, which
-needs only torch) reflects the array at its faces by the default halo. The output axes declare
-no halo: bioimageio.core crops a declared halo from a whole-array prediction, which then no
-longer matches volden's. The halo a tiling tool should overlap tiles by is in the package's
-documentation instead.
+The package runs the network as :func:`volden.predict.predict_array` does: the model's
+normalisation is the pre-processing and its inverse the post-processing; the output axes
+declare volden's default halo and the input reflection padding, so a tool reflects a whole
+volume at its faces by the halo, as volden does, and overlaps the tiles of a large one by it
+(bioimageio.core does both). The network is volden's own ``unet.py``, which needs only torch.
 """
 
 from __future__ import annotations
@@ -56,10 +54,10 @@ def pick_model(model_path: str | Path, channel: int | None) -> Model:
 
 def input_sizes(model: Model) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Smallest input (z, y, x) and the step between valid sizes: multiples of the pooling
-    divisor, larger than the halo the network reflects at each face."""
+    divisor, larger than the halo cropped from each face of the output."""
     step = model.config.divisor
     halo = default_halo(model)
-    smallest = tuple(h + s for h, s in zip(halo, step))  # the halo is a multiple of the divisor
+    smallest = tuple(2 * h + s for h, s in zip(halo, step))  # the halo is a multiple of the divisor
     return smallest, step  # type: ignore[return-value]
 
 
@@ -88,11 +86,11 @@ def export_bioimageio(
         folder = Path(work)
         raw = sample_volume(model, shape)  # type: ignore[arg-type]
         np.save(folder / "test_input.npy", raw[None, None])
-        np.save(folder / "test_output.npy", predict_array(model, raw, "cpu")[None, None])
-        network = _network(model)
-        torch.save(network.state_dict(), folder / "weights.pt")
+        # the spec's test runs the network on the test input as it is (no padding, the halo not cropped)
+        np.save(folder / "test_output.npy", predict_array(model, raw, "cpu", edge=(0, 0, 0))[None, None])
+        torch.save(model.network.state_dict(), folder / "weights.pt")
         with torch.no_grad():
-            traced = torch.jit.trace(network, torch.from_numpy(model.normalisation.apply(raw))[None, None])
+            traced = torch.jit.trace(model.network.eval(), torch.from_numpy(model.normalisation.apply(raw))[None, None])
         traced.save(str(folder / "weights_torchscript.pt"))
         shutil.copyfile(unet.__file__, folder / "unet.py")
         (folder / "README.md").write_text(documentation(model, smallest, step))
@@ -111,16 +109,6 @@ def _bioimageio_spec():
     except ImportError:
         raise VoldenError("volden export needs bioimageio.spec: pip install 'volden[bioimageio]'") from None
     return bioimageio.spec
-
-
-def _network(model: Model) -> unet.EdgeReflectedUNet:
-    network = unet.EdgeReflectedUNet(list(default_halo(model)), **model.config.to_dict())
-    network.unet.load_state_dict(model.network.state_dict())
-    return network.eval()
-
-
-def _architecture_kwargs(model: Model) -> dict:
-    return {"edge": list(default_halo(model)), **model.config.to_dict()}
 
 
 def _description(model: Model, folder: Path, smallest, step):
@@ -151,6 +139,7 @@ def _model_descr(v0_5, model: Model, folder: Path, smallest, step):
         ],
         test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
         data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+        pad=v0_5.ReflectPadding(mode="reflect"),  # explicit: a default is not written out
         preprocessing=[v0_5.FixedZeroMeanUnitVarianceDescr(kwargs=v0_5.FixedZeroMeanUnitVarianceKwargs(
             mean=model.normalisation.mean, std=model.normalisation.std))],
     )
@@ -160,9 +149,7 @@ def _model_descr(v0_5, model: Model, folder: Path, smallest, step):
         axes=[
             v0_5.BatchAxis(),
             v0_5.ChannelAxis(channel_names=[v0_5.Identifier("intensity")]),
-            *(v0_5.SpaceOutputAxis(id=v0_5.AxisId(a), size=v0_5.SizeReference(tensor_id=raw_id, axis_id=v0_5.AxisId(a)),
-                                   scale=sc)
-              for a, sc in zip(AXES, scales)),
+            *(_output_axis(v0_5, v0_5.AxisId(a), raw_id, h, sc) for a, h, sc in zip(AXES, default_halo(model), scales)),
         ],
         test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
         data=v0_5.IntervalOrRatioDataDescr(type="float32"),
@@ -174,8 +161,8 @@ def _model_descr(v0_5, model: Model, folder: Path, smallest, step):
         pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
             source=folder / "weights.pt",
             architecture=v0_5.ArchitectureFromFileDescr(
-                source=folder / "unet.py", callable=v0_5.Identifier("EdgeReflectedUNet"),
-                kwargs=_architecture_kwargs(model)),
+                source=folder / "unet.py", callable=v0_5.Identifier("unet_from_kwargs"),
+                kwargs=model.config.to_dict()),
             pytorch_version=pytorch_version,
         ),
         torchscript=v0_5.TorchscriptWeightsDescr(
@@ -197,6 +184,14 @@ def _model_descr(v0_5, model: Model, folder: Path, smallest, step):
                            "halo": list(default_halo(model)), "divisor": list(step),
                            "voxel_size": list(voxel_size) if voxel_size else None}},
     )
+
+
+def _output_axis(v0_5, axis, input_id, halo: int, scale: float):
+    """An output axis as large as the input's, with ``halo`` voxels to crop at each face."""
+    size = v0_5.SizeReference(tensor_id=input_id, axis_id=axis)
+    if halo:
+        return v0_5.SpaceOutputAxisWithHalo(id=axis, size=size, halo=halo, scale=scale)
+    return v0_5.SpaceOutputAxis(id=axis, size=size, scale=scale)
 
 
 def documentation(model: Model, smallest, step) -> str:
@@ -223,21 +218,22 @@ independent from voxel to voxel; it does not remove correlated noise (stripes, r
 
 ## Tiling: the halo
 
-The network reflects the array it is given by {zyx(map(str, halo))} voxels (z, y, x) at each
-face, as volden does at a volume's faces, so one pass over a whole volume gives volden's own
-result (`volden apply` with one block). A volume too large for one pass must be cut into
-tiles that **overlap by this halo** on each side ({zyx(map(str, halo))} voxels, z, y, x),
-with the tile size a multiple of {zyx(map(str, step))}, and only each tile's centre kept. A
-tile without that overlap is reflected at its own faces and the result shows seams there.
-The halo is not declared on the output axes (a declared halo is cropped from a whole-volume
-prediction by bioimageio.core); set it by hand where a tool asks for the overlap. `volden apply`
-on the volume itself blends overlapping blocks and writes OME-Zarr.
+The output axes declare a halo of {zyx(map(str, halo))} voxels (z, y, x): the voxels within it
+of a tile's faces are cropped, so tiles must **overlap by this halo** on each side, and the
+input is padded by reflection (`pad: reflect`) by the halo at the volume's faces, as volden
+does. A tile is then at least {zyx(map(str, smallest))} voxels and larger in steps of
+{zyx(map(str, step))} (the pooling divisor). bioimageio.core does both, and its prediction of a
+whole volume or of one in tiles equals volden's (`volden.predict.predict_array`); a tool that
+tiles without the overlap, or pads the faces with zeros, shows seams or darker faces there.
+`volden apply` on the volume itself blends overlapping blocks and writes OME-Zarr.
 
 ## Validation
 
 The test tensors are a synthetic volume (nuclei, 20 photons per voxel, rescaled to the training
-statistics) and volden's own prediction of it (`volden.predict.predict_array`), which
-bioimageio.core's model test reproduces from both weight formats. The quality of the denoising
+statistics) and volden's own prediction of it (`volden.predict.predict_array`) as the model
+test of the spec takes it: on the input as it is, neither padded nor with the halo cropped (so
+its outer halo band is not what a tool shows). bioimageio.core's model test reproduces it from
+both weight formats. The quality of the denoising
 itself is the self-supervised loss on a region held out from training
 (best {_loss(trained.get('best_val_loss'))}); `volden eval` ranks models by it.
 

@@ -140,21 +140,8 @@ def receptive_radius(config: UNetConfig) -> tuple[int, int, int]:
     return (radius[0], radius[1], radius[2])
 
 
-class EdgeReflectedUNet(nn.Module):
-    """The network as volden applies it to a whole array: reflected by ``edge`` voxels (z, y, x)
-    at the array's faces, predicted, cropped back. Built from plain keyword arguments and
-    needing nothing but torch, so that tools which run a network alone (a bioimage.io package
-    ships this file) denoise an array as :func:`volden.predict.predict_array` does. Input and
-    output are normalised, ``(batch, 1, z, y, x)``, each of z, y, x a multiple of the divisor
-    larger than ``edge``."""
-
-    def __init__(self, edge: list[int], **config) -> None:
-        super().__init__()
-        self.edge = [int(e) for e in edge]
-        self.unet = UNet3D(UNetConfig.from_dict(config))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ez, ey, ex = self.edge
-        x = nn.functional.pad(x, (ex, ex, ey, ey, ez, ez), mode="reflect")
-        out = self.unet(x)
-        return out[:, :, ez : -ez or None, ey : -ey or None, ex : -ex or None]  # constant bounds: a trace fits any size
+def unet_from_kwargs(**config) -> UNet3D:
+    """The network from plain keyword arguments (those of :meth:`UNetConfig.to_dict`), for
+    tools that build a network from a source file and its arguments: a bioimage.io package
+    ships this file, which needs nothing but torch."""
+    return UNet3D(UNetConfig.from_dict(config))
