@@ -202,9 +202,9 @@ def documentation(model: Model, smallest, step) -> str:
     zyx = ",".join
     return f"""# volden Noise2Self 3D denoiser
 
-A 3D UNet trained by volden with Noise2Self (J-invariant masking) on
-the noisy volume alone: no clean ground truth. It removes shot and camera read noise that is
-independent from voxel to voxel; it does not remove correlated noise (stripes, row noise).
+A 3D UNet trained by volden with Noise2Self (J-invariant masking) on the noisy volume alone:
+no clean ground truth. It removes shot and camera read noise that is independent from voxel to
+voxel; it does not remove correlated noise (stripes, row noise).
 
 - Input `raw` and output `denoised`: (batch, channel, z, y, x), one channel, float32, raw
   intensity units. Pre-processing subtracts {model.normalisation.mean:.6g} and divides by
@@ -224,7 +224,8 @@ input is padded by reflection (`pad: reflect`) by the halo at the volume's faces
 does. A tile is then at least {zyx(map(str, smallest))} voxels and larger in steps of
 {zyx(map(str, step))} (the pooling divisor). bioimageio.core does both, and its prediction of a
 whole volume or of one in tiles equals volden's (`volden.predict.predict_array`); a tool that
-tiles without the overlap, or pads the faces with zeros, shows seams or darker faces there.
+tiles without the overlap shows seams at the tile faces, and one that pads the volume's faces
+with zeros changes a band one halo wide there.
 `volden apply` on the volume itself blends overlapping blocks and writes OME-Zarr.
 
 ## Validation
@@ -233,9 +234,9 @@ The test tensors are a synthetic volume (nuclei, 20 photons per voxel, rescaled 
 statistics) and volden's own prediction of it (`volden.predict.predict_array`) as the model
 test of the spec takes it: on the input as it is, neither padded nor with the halo cropped (so
 its outer halo band is not what a tool shows). bioimageio.core's model test reproduces it from
-both weight formats. The quality of the denoising
-itself is the self-supervised loss on a region held out from training
-(best {_loss(trained.get('best_val_loss'))}); `volden eval` ranks models by it.
+both weight formats. The quality of the denoising itself is the self-supervised loss on a
+region held out from training (best {_loss(trained.get('best_val_loss'))}); `volden eval`
+ranks models by it.
 
 ## Cite
 
