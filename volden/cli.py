@@ -495,6 +495,24 @@ def evaluate(denoised, noisy, reference, classic, channel, timepoint, device, bl
         click.echo(line)
 
 
+@cli.command("export")
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.argument("output", metavar="OUT.zip", type=click.Path())
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="Channel whose model to export, from a model per channel (MODEL/channel-C).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.zip if it exists.")
+def export(model_path, output, channel, overwrite) -> None:
+    """Write MODEL as a bioimage.io model package (spec 0.5) for the BioImage Model Zoo,
+    deepImageJ, ilastik and bioimageio.core; needs the extra volden[bioimageio]."""
+    from .export import export_bioimageio
+
+    done = export_bioimageio(model_path, output, channel=channel, overwrite=overwrite)
+    zyx = ",".join
+    click.echo(f"wrote {output}: bioimage.io model (spec 0.5, pytorch_state_dict and torchscript weights); input "
+               f"z,y,x at least {zyx(map(str, done.min_shape))} in steps of {zyx(map(str, done.step))}; tile with a "
+               f"halo of {zyx(map(str, done.halo))} voxels per side")
+
+
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit status 1."""
     try:

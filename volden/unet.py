@@ -138,3 +138,10 @@ def receptive_radius(config: UNetConfig) -> tuple[int, int, int]:
             reach += (factor[axis] - 1) * scale + config.convs_per_level * scale
         radius.append(reach)
     return (radius[0], radius[1], radius[2])
+
+
+def unet_from_kwargs(**config) -> UNet3D:
+    """The network from plain keyword arguments (those of :meth:`UNetConfig.to_dict`), for
+    tools that build a network from a source file and its arguments: a bioimage.io package
+    ships this file, which needs nothing but torch."""
+    return UNet3D(UNetConfig.from_dict(config))
