@@ -22,6 +22,7 @@ from .masking import apply_mask, phase_mask
 from .model import Model
 
 PRIOR_OUTPUTS = 2
+PRIOR_MEAN_LOSSES = ("likelihood", "squared")
 LOG_VARIANCE_RANGE = (-30.0, 20.0)  # exp of these stays finite in float32 and bf16
 NoiseVariance = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,16 +32,26 @@ def prior_of(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[:, :1], torch.exp(out[:, 1:2].clamp(*LOG_VARIANCE_RANGE))
 
 
-def prior_nll(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, noise_variance: NoiseVariance) -> torch.Tensor:
+def prior_nll(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, noise_variance: NoiseVariance,
+              mean_by: str = "likelihood") -> torch.Tensor:
     """The negative log-likelihood (less its constant) of ``target`` on the masked voxels under
     the prior convolved with the noise: a Gaussian of the prior's mean and of the prior's plus
     the noise's variance. The noise's variance is taken at the mean without its gradient, so
-    the curve's slope does not pull the mean down to shrink the variance."""
+    the curve's slope does not pull the mean down to shrink the variance.
+
+    ``mean_by`` 'squared' fits the mean by the squared error instead (the mean held fixed in the
+    likelihood, which then fits the variance alone): Noise2Self's loss for the mean.
+    """
+    if mean_by not in PRIOR_MEAN_LOSSES:
+        raise ValueError(f"mean_by must be one of {PRIOR_MEAN_LOSSES}, not {mean_by!r}")
     mean, prior_variance = prior_of(out)
     total = prior_variance + noise_variance(mean.detach())
-    nll = 0.5 * (torch.log(total) + (target - mean) ** 2 / total)
-    weight = mask.to(nll.dtype)
-    return (nll * weight).sum() / weight.sum().clamp_min(1)
+    in_likelihood = mean if mean_by == "likelihood" else mean.detach()
+    loss = 0.5 * (torch.log(total) + (target - in_likelihood) ** 2 / total)
+    if mean_by == "squared":
+        loss = loss + (target - mean) ** 2
+    weight = mask.to(loss.dtype)
+    return (loss * weight).sum() / weight.sum().clamp_min(1)
 
 
 def guarded(nll: float) -> float:

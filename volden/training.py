@@ -33,7 +33,7 @@ from .model import Model, ModelSet, save_channel_index, save_model
 from .noise_curve import fit_noise_curve
 from .normalisation import estimate_normalisation
 from .paths import check_output_path
-from .posterior import PRIOR_OUTPUTS, guarded, prior_nll
+from .posterior import PRIOR_MEAN_LOSSES, PRIOR_OUTPUTS, guarded, prior_nll
 from .predict import resolve_device
 from .sampler import PatchSampler
 from .streams import MASKS, torch_stream
@@ -71,6 +71,8 @@ class TrainConfig:
     validate_every: int = 50
     cache_mb: float = 512.0
     posterior: bool = False  # train a prior for the posterior step (``posterior``) instead of a denoiser
+    prior_mean: str = "likelihood"  # what fits a prior's mean: the likelihood (Laine et al.) or the squared error
+    prior_variance_start: float | None = None  # a prior's variance at the start (normalised units); None: as initialised
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_MODES:
@@ -98,6 +100,8 @@ class TrainConfig:
             raise VoldenError(f"lr_floor must be from 0 to 1, not {self.lr_floor:g}")
         if not 0 < self.cache_mb < math.inf:
             raise VoldenError(f"--cache-mb must be a positive number of megabytes, not {self.cache_mb:g}")
+        if self.prior_mean not in PRIOR_MEAN_LOSSES:
+            raise VoldenError(f"prior_mean must be one of {', '.join(PRIOR_MEAN_LOSSES)}, not {self.prior_mean!r}")
         if self.posterior and (self.fill != "donut" or max(self.grid) > 2):
             raise VoldenError("--posterior takes --fill donut and --grid entries of 1 or 2 (its prediction masks "
                               f"each phase in turn and reflects at the volume's edge), not --fill {self.fill} --grid "
@@ -250,7 +254,11 @@ def build_network(config: TrainConfig, voxel_size: tuple[float, float, float] | 
                       outputs=PRIOR_OUTPUTS if config.posterior else 1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one patch shape: kernels chosen once
-    return UNet3D(unet).to(device, memory_format=torch.channels_last_3d)
+    network = UNet3D(unet)
+    if config.posterior and config.prior_variance_start is not None:
+        with torch.no_grad():
+            network.head.bias[1] = math.log(config.prior_variance_start)
+    return network.to(device, memory_format=torch.channels_last_3d)
 
 
 def descend(network: UNet3D, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, target: torch.Tensor,
@@ -335,7 +343,7 @@ def train(
         noise_curve = fit_noise_curve(volume.data, seed=config.seed)
         noise_curve.check()
         loss_of = functools.partial(prior_nll, noise_variance=functools.partial(
-            noise_curve.normalised_variance, normalisation=normalisation))
+            noise_curve.normalised_variance, normalisation=normalisation), mean_by=config.prior_mean)
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
