@@ -72,7 +72,10 @@ class TrainConfig:
     cache_mb: float = 512.0
     posterior: bool = False  # train a prior for the posterior step (``posterior``) instead of a denoiser
     prior_mean: str = "likelihood"  # what fits a prior's mean: the likelihood (Laine et al.) or the squared error
-    prior_variance_start: float | None = None  # a prior's variance at the start (normalised units); None: as initialised
+    # a prior's variance at the start, normalised units (None: as the head's bias is drawn, about 1):
+    # started at 1 the variance's gradients swamp the shared layers and the prior's mean lags by
+    # 3 dB at equal steps (BENCHMARKS.md, "Posterior step (issue 31)")
+    prior_variance_start: float | None = 0.01
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_MODES:
@@ -383,7 +386,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = guard.lr_scale * scheduled_lr(config, step, fraction)
             x = sampler.next().to(device)
-            loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device, loss_of=loss_of)
+            loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device, None, loss_of)
             step += 1
             loss_value = loss.item()
             losses.append(loss_value)
