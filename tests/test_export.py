@@ -10,8 +10,11 @@ import subprocess
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import bioimageio.core as bioimageio_core  # the bioimageio extra: missing, these tests fail, not skip
+from bioimageio.spec import load_description
 import dask.array as da
 import numpy as np
 import pytest
@@ -20,15 +23,14 @@ import yaml
 
 from volden.export import NOISE2SELF_DOI, export_bioimageio
 from volden.model import load_model, save_channel_index, save_model
+from volden.noise_curve import NoiseCurve
 from volden.normalisation import estimate_normalisation
+from volden.posterior import PRIOR_OUTPUTS
 from volden.predict import default_halo, predict_array
 from volden.synth import synthetic_volume
 
 from cli_helpers import tree_digest, volden_command
 from conftest import make_model, tiny_config
-
-bioimageio_core = pytest.importorskip("bioimageio.core")
-from bioimageio.spec import load_description  # noqa: E402
 
 VOXEL_SIZE = (2.0, 0.5, 0.5)  # anisotropic: z is not pooled
 FRESH_SHAPE = (24, 64, 96)  # not the test tensor's shape
@@ -163,15 +165,19 @@ CASES = {  # arguments to `volden export` and the message a refusal must carry
     "output exists": (["model", "taken.zip"], "taken.zip exists; pass --overwrite to replace it"),
     "output inside the model": (["model", "model/out.zip"], "model/out.zip lies inside the input model"),
     "no output folder": (["model", "nowhere/out.zip"], "nowhere: no such folder for out.zip"),
+    "posterior prior": (["prior", "out.zip"], "prior is a prior for the posterior step"),
 }
 REFUSALS = [case for case, (_, message) in CASES.items() if message]
 PARALLEL = 3
 
 
 def _inputs(folder: Path) -> None:
-    """A model, a model per channel (as ``volden train`` writes them for two channels), a
-    folder that is not a model and an earlier export."""
+    """A model, a prior for the posterior step, a model per channel (as ``volden train`` writes
+    them for two channels), a folder that is not a model and an earlier export."""
     save_model(make_model(), folder / "model")
+    prior = make_model(replace(tiny_config(), outputs=PRIOR_OUTPUTS))
+    prior.noise_curve = NoiseCurve(a=2.0, b=-190.0, low=100.0, high=150.0)
+    save_model(prior, folder / "prior")
     for channel in (0, 1):
         save_model(make_model(seed=channel), folder / "set" / f"channel-{channel}")
     save_channel_index(folder / "set", {0: "channel-0", 1: "channel-1"})

@@ -166,8 +166,12 @@ def synth(output, kind, shape, photons, seed, chunks, overwrite) -> None:
               help="NaN or Inf input voxels: refuse the input, or fill them with the mean of the others.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the model folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
+@click.option("--posterior", is_flag=True,
+              help="Train a prior (mean and variance) with the camera's noise curve fitted from INPUT; apply then "
+                   "outputs the posterior mean, at one pass per masking phase (Laine et al. 2019).")
 def train(input, model_path, array, channel, timepoint, steps, minutes, patch, batch, grid, masked_phases, fill,
-          background_tries, flip_z, depth, width, device, seed, cache_mb, nonfinite, resume, overwrite) -> None:
+          background_tries, flip_z, depth, width, device, seed, cache_mb, nonfinite, resume, overwrite,
+          posterior) -> None:
     """Train a Noise2Self denoiser on INPUT (no clean data needed).
 
     A multichannel INPUT gets one model per channel (MODEL/channel-C, the budget per channel)
@@ -183,7 +187,8 @@ def train(input, model_path, array, channel, timepoint, steps, minutes, patch, b
 
     config = TrainConfig(patch=patch, batch=batch, grid=grid, masked_phases=masked_phases, fill=fill,
                          background_tries=background_tries, flip_z=flip_z, steps=steps, minutes=minutes,
-                         depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb)
+                         depth=depth, width=width, device=device, seed=seed, cache_mb=cache_mb,
+                         posterior=posterior)
     image = open_image(input, array)
     each_channel = channel is None and image.channels > 1
     volume = image.volume(timepoint, channel or 0)

@@ -49,7 +49,12 @@ def pick_model(model_path: str | Path, channel: int | None) -> Model:
     if models.per_channel and channel is None:
         held = ", ".join(str(c) for c in sorted(models.models))  # type: ignore[type-var]
         raise VoldenError(f"{model_path} holds one model per channel ({held}); export one with --channel C")
-    return models.for_channel(channel)
+    model = models.for_channel(channel)
+    if model.config.outputs != 1:
+        raise VoldenError(f"{model_path} is a prior for the posterior step (volden train --posterior), which a "
+                          "bioimage.io package cannot run (each voxel needs a pass that masked it, then the "
+                          "posterior mean); export a plain model")
+    return model
 
 
 def input_sizes(model: Model) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

@@ -98,6 +98,10 @@ def _describe_model(model: Model) -> list[str]:
         f"normalise   mean {norm.mean:.4g}, std {norm.std:.4g}",
         f"masking     grid {model.masking.get('grid')}, {model.masking.get('phases', 1)} phases masked, fill {model.masking.get('fill')}",
     ]
+    if model.noise_curve is not None:
+        curve = model.noise_curve
+        lines.append(f"posterior   prior network; noise curve a = {curve.a:.4g}, b = {curve.b:.4g} ({curve}, input units, "
+                     f"fitted over means {curve.low:.4g} to {curve.high:.4g})")
     if training:
         lines += [
             f"trained on  {training.get('input')}" + (f" (array {training['array']})" if training.get("array") else ""),

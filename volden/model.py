@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .errors import VoldenError
+from .noise_curve import NoiseCurve
 from .normalisation import Normalisation
 from .unet import UNet3D, UNetConfig
 
@@ -40,12 +41,18 @@ class Model:
     training: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     path: str | None = None
+    noise_curve: NoiseCurve | None = None  # the camera's, for a prior's posterior step (``posterior``)
     _on_device: dict[str, UNet3D] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def config(self) -> UNetConfig:
         return self.network.config
+
+    @property
+    def is_prior(self) -> bool:
+        """Whether the network predicts a prior (mean, log variance) for the posterior step."""
+        return self.config.outputs == 2
 
     @property
     def digest(self) -> str:
@@ -87,6 +94,7 @@ class Model:
             "masking": self.masking,
             "training": self.training,
             "history": self.history,
+            **({"noise_curve": self.noise_curve.to_dict()} if self.noise_curve else {}),
         }
 
 
@@ -131,6 +139,9 @@ def load_model(path: str | Path) -> Model:
             raise VoldenError(f"{config_file} does not match {folder / WEIGHTS_FILE} "
                               f"({lines[0] if lines else err}); restore the pair as training wrote it") from None
         normalisation = Normalisation.from_dict(meta["normalisation"])
+        noise_curve = NoiseCurve.from_dict(meta["noise_curve"]) if "noise_curve" in meta else None
+        if config.outputs == 2 and noise_curve is None:
+            raise ValueError("a prior network without its noise curve")
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise VoldenError(f"{folder} is not a volden model ({reason})") from None
@@ -141,6 +152,7 @@ def load_model(path: str | Path) -> Model:
         training=meta.get("training", {}),
         history=meta.get("history", []),
         path=str(folder),
+        noise_curve=noise_curve,
     )
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .model import Model
 from .normalisation import Normalisation
+from .posterior import posterior_prediction
 from .unet import receptive_radius
 from .views import DEFAULT_VIEWS, Symmetry, symmetries
 
@@ -76,8 +77,8 @@ def reflect_pad(x: torch.Tensor, pad: Pad) -> torch.Tensor:
 
 
 def _forward_padded(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One pass of the network over ``x`` (padded at its far ends to the pooling divisor;
-    callers hold inference mode and the device),
+    """One pass of the network over ``x`` (z, y, x), its output channels first (``x`` padded at
+    its far ends to the pooling divisor; callers hold inference mode and the device),
     channels-last 3D on every device: oneDNN on the CPU and cuDNN in bf16 on Hopper run their
     fast 3D convolutions in that layout."""
     divisor = network.config.divisor
@@ -85,7 +86,7 @@ def _forward_padded(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     tensor = padded[None, None].contiguous(memory_format=torch.channels_last_3d)
     with autocast(x.device):
         out = network(tensor)
-    return out[0, 0, : x.shape[0], : x.shape[1], : x.shape[2]].float()
+    return out[0, :, : x.shape[0], : x.shape[1], : x.shape[2]].float()
 
 
 def holding(device: torch.device) -> threading.Lock:
@@ -128,31 +129,42 @@ def predict_normalised(
 
 
 def _predict_once(model: Model, x: torch.Tensor, max_voxels: int | None) -> torch.Tensor:
-    """Prediction for normalised ``x``, in sub-tiles (cropped margins) when it is too large.
+    """Prediction for normalised ``x``: the network's output, or for a prior network the
+    posterior mean (``posterior``)."""
+    network = model.network_on(x.device)
+    max_voxels = max_voxels or max_voxels_for(x.device, model.config.width)
+
+    def forward(array: torch.Tensor) -> torch.Tensor:
+        return _network_pass(network, array, max_voxels)
+
+    return posterior_prediction(model, x, forward) if model.is_prior else forward(x)[0]
+
+
+def _network_pass(network: torch.nn.Module, x: torch.Tensor, max_voxels: int) -> torch.Tensor:
+    """The network's output channels over ``x``, in sub-tiles (cropped margins) when it is too large.
 
     Sub-tiles, their margins and starts are multiples of the pooling divisor, so every sub-tile
     pools on the same grid as one whole pass would.
     """
-    network = model.network_on(x.device)
-    max_voxels = max_voxels or max_voxels_for(x.device, model.config.width)
+    config = network.config
     if x.numel() <= max_voxels:
         return _forward_padded(network, x)
-    divisor = model.config.divisor
-    margin = _round_up(receptive_radius(model.config), divisor)
+    divisor = config.divisor
+    margin = _round_up(receptive_radius(config), divisor)
     core = _round_up(x.shape, divisor)
     while np.prod([c + 2 * m for c, m in zip(core, margin)]) > max_voxels:
         axis = int(np.argmax([c / d for c, d in zip(core, divisor)]))
         if core[axis] <= divisor[axis]:
             break
         core[axis] = _round_up([core[axis] // 2], [divisor[axis]])[0]
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    out = torch.empty((config.outputs, *x.shape), dtype=torch.float32, device=x.device)
     for start in itertools.product(*[range(0, n, c) for n, c in zip(x.shape, core)]):
         stop = [min(s + c, n) for s, c, n in zip(start, core, x.shape)]
         lo = [max(s - m, 0) for s, m in zip(start, margin)]
         hi = [min(e + m, n) for e, m, n in zip(stop, margin, x.shape)]
         pred = _forward_padded(network, x[tuple(slice(a, b) for a, b in zip(lo, hi))].contiguous())
-        out[tuple(slice(s, e) for s, e in zip(start, stop))] = pred[
-            tuple(slice(s - a, e - a) for s, e, a in zip(start, stop, lo))
+        out[(slice(None), *(slice(s, e) for s, e in zip(start, stop)))] = pred[
+            (slice(None), *(slice(s - a, e - a) for s, e, a in zip(start, stop, lo)))
         ]
     return out
 

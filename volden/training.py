@@ -30,8 +30,10 @@ from .divergence import DivergenceGuard, weights_copy
 from .errors import VoldenError
 from .masking import FILL_MODES, apply_mask, masked_mse, phases_mask, random_phase_masks
 from .model import Model, ModelSet, save_channel_index, save_model
+from .noise_curve import fit_noise_curve
 from .normalisation import estimate_normalisation
 from .paths import check_output_path
+from .posterior import PRIOR_MEAN_LOSSES, PRIOR_OUTPUTS, guarded, prior_nll
 from .predict import resolve_device
 from .sampler import PatchSampler
 from .streams import MASKS, torch_stream
@@ -42,6 +44,7 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 BEST_FILE = "best.safetensors"
 MIN_PATCH = 8
+MaskedLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target, mask) -> loss
 BASE_LR, BASE_WIDTH = 2e-3, 8  # 2e-3 against 4e-3 at 10 minutes: BENCHMARKS.md, "Where the gap to Noise2Truth comes from"
 
 
@@ -67,6 +70,12 @@ class TrainConfig:
     seed: int = 0
     validate_every: int = 50
     cache_mb: float = 512.0
+    posterior: bool = False  # train a prior for the posterior step (``posterior``) instead of a denoiser
+    prior_mean: str = "likelihood"  # what fits a prior's mean: the likelihood (Laine et al.) or the squared error
+    # a prior's variance at the start, normalised units (None: as the head's bias is drawn, about 1):
+    # started at 1 the variance's gradients swamp the shared layers and the prior's mean lags by
+    # 3 dB at equal steps (BENCHMARKS.md, "Posterior step (issue 31)")
+    prior_variance_start: float | None = 0.01
 
     def __post_init__(self) -> None:
         if self.fill not in FILL_MODES:
@@ -94,6 +103,12 @@ class TrainConfig:
             raise VoldenError(f"lr_floor must be from 0 to 1, not {self.lr_floor:g}")
         if not 0 < self.cache_mb < math.inf:
             raise VoldenError(f"--cache-mb must be a positive number of megabytes, not {self.cache_mb:g}")
+        if self.prior_mean not in PRIOR_MEAN_LOSSES:
+            raise VoldenError(f"prior_mean must be one of {', '.join(PRIOR_MEAN_LOSSES)}, not {self.prior_mean!r}")
+        if self.posterior and (self.fill != "donut" or max(self.grid) > 2):
+            raise VoldenError("--posterior takes --fill donut and --grid entries of 1 or 2 (its prediction masks "
+                              f"each phase in turn and reflects at the volume's edge), not --fill {self.fill} --grid "
+                              + ",".join(map(str, self.grid)))
 
     def resolve(self, shape: tuple[int, int, int], device: torch.device) -> "TrainConfig":
         """Fill in the device defaults and check the patch against the volume.
@@ -238,21 +253,26 @@ def _load_checkpoint(folder: Path, network, optimizer) -> dict:
 def build_network(config: TrainConfig, voxel_size: tuple[float, float, float] | None, device: torch.device) -> UNet3D:
     """The UNet of a resolved ``config``, channels-last 3D (the fastest 3D layout of oneDNN on
     the CPU and of cuDNN's bf16 convolutions on recent GPUs)."""
-    unet = UNetConfig(depth=config.depth, width=config.width, pools=plan_pools(config.patch, config.depth, voxel_size))
+    unet = UNetConfig(depth=config.depth, width=config.width, pools=plan_pools(config.patch, config.depth, voxel_size),
+                      outputs=PRIOR_OUTPUTS if config.posterior else 1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one patch shape: kernels chosen once
-    return UNet3D(unet).to(device, memory_format=torch.channels_last_3d)
+    network = UNet3D(unet)
+    if config.posterior and config.prior_variance_start is not None:
+        with torch.no_grad():
+            network.head.bias[1] = math.log(config.prior_variance_start)
+    return network.to(device, memory_format=torch.channels_last_3d)
 
 
 def descend(network: UNet3D, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, target: torch.Tensor,
-            device: torch.device, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimiser step on the squared error of ``network(inputs)`` to ``target``, over the
-    ``mask``ed voxels or all of them (the quality benchmark's Noise2Truth); returns the loss
-    without waiting for it."""
+            device: torch.device, mask: torch.Tensor | None = None, loss_of: MaskedLoss = masked_mse) -> torch.Tensor:
+    """One optimiser step on ``loss_of`` ``network(inputs)`` and ``target`` (the squared error by
+    default) over the ``mask``ed voxels, or on the squared error over all of them (the quality
+    benchmark's Noise2Truth); returns the loss without waiting for it."""
     inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
     with training_autocast(device):
         out = network(inputs).float()
-    loss = F.mse_loss(out, target) if mask is None else masked_mse(out, target, mask)
+    loss = F.mse_loss(out, target) if mask is None else loss_of(out, target, mask)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -260,23 +280,25 @@ def descend(network: UNet3D, optimizer: torch.optim.Optimizer, inputs: torch.Ten
 
 
 def train_step(network: UNet3D, optimizer: torch.optim.Optimizer, x: torch.Tensor, config: TrainConfig,
-               generator: torch.Generator, device: torch.device, target: torch.Tensor | None = None) -> torch.Tensor:
+               generator: torch.Generator, device: torch.device, target: torch.Tensor | None = None,
+               loss_of: MaskedLoss = masked_mse) -> torch.Tensor:
     """One Noise2Self step on the batch ``x`` (on ``device``): random phases masked per patch
     and filled, the loss taken on the masked voxels against ``x`` itself, or against ``target``
-    (the quality benchmark's clean patches); returns the loss without waiting for it."""
+    (the quality benchmark's clean patches), by ``loss_of``; returns the loss without waiting for it."""
     mask = random_phase_masks(x.shape[0], config.patch, config.grid, generator, phases=config.masked_phases).to(device)
     inputs = apply_mask(x, mask, config.fill, generator)
-    return descend(network, optimizer, inputs, x if target is None else target, device, mask)
+    return descend(network, optimizer, inputs, x if target is None else target, device, mask, loss_of)
 
 
-def validation_loss(network, patches: torch.Tensor, masks: torch.Tensor, fill: str, device) -> float:
+def validation_loss(network, patches: torch.Tensor, masks: torch.Tensor, fill: str, device,
+                    loss_of: MaskedLoss = masked_mse) -> float:
     """Self-supervised loss on fixed patches and phases (deterministic, comparable across runs)."""
     network.eval()
     with torch.inference_mode(), training_autocast(device):
         x = patches.to(device)
         m = masks.to(device)
         out = network(apply_mask(x, m, fill, torch.Generator().manual_seed(0)))
-        loss = masked_mse(out.float(), x, m).item()
+        loss = loss_of(out.float(), x, m).item()
     network.train()
     return loss
 
@@ -294,7 +316,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax.plot(steps, [h["val_loss"] for h in history], label="validation (held out)")
     ax.set_xlabel("step")
     ax.set_ylabel("self-supervised loss")
-    ax.set_yscale("log")
+    ax.set_yscale("log" if min(h["val_loss"] for h in history) > 0 else "linear")  # a prior's likelihood may fall below 0
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -322,6 +344,12 @@ def train(
     config = config.resolve(volume.shape, device)
     torch.manual_seed(config.seed)
     normalisation = estimate_normalisation(volume.data, seed=config.seed)
+    noise_curve, loss_of = None, masked_mse
+    if config.posterior:
+        noise_curve = fit_noise_curve(volume.data, seed=config.seed)
+        noise_curve.check()
+        loss_of = functools.partial(prior_nll, noise_variance=functools.partial(
+            noise_curve.normalised_variance, normalisation=normalisation), mean_by=config.prior_mean)
     network = build_network(config, volume.voxel_size, device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     state = {"step": 0, "elapsed": 0.0, "history": [], "best_val": math.inf}
@@ -346,7 +374,8 @@ def train(
     budget_s = config.minutes * 60 if config.minutes else math.inf
     start = time.perf_counter() - state["elapsed"]
     losses: list[float] = []
-    model = Model(network, normalisation, {"grid": list(config.grid), "fill": config.fill, "phases": config.masked_phases})
+    model = Model(network, normalisation, {"grid": list(config.grid), "fill": config.fill, "phases": config.masked_phases},
+                  noise_curve=noise_curve)
 
     def finished(step: int, elapsed: float) -> bool:
         return (config.steps is not None and step >= config.steps) or elapsed >= budget_s
@@ -361,15 +390,15 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = guard.lr_scale * scheduled_lr(config, step, fraction)
             x = sampler.next().to(device)
-            loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device)
+            loss = train_step(network, optimizer, x, config, torch_stream(config.seed, MASKS, step), device, None, loss_of)
             step += 1
             loss_value = loss.item()
             losses.append(loss_value)
-            guard.diverged(loss_value)
+            guard.diverged(guarded(loss_value) if config.posterior else loss_value)
             elapsed = time.perf_counter() - start
             stopped = stop is not None and stop()
             if step % config.validate_every == 0 or stopped or finished(step, elapsed):
-                val = validation_loss(network, val_patches, val_masks, config.fill, device)
+                val = validation_loss(network, val_patches, val_masks, config.fill, device, loss_of)
                 state["history"].append(
                     {"step": step, "elapsed": round(elapsed, 2), "loss": float(np.mean(losses)), "val_loss": val,
                      "lr": optimizer.param_groups[0]["lr"]}

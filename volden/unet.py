@@ -24,12 +24,13 @@ class UNetConfig:
     width: int = 16
     pools: tuple[Factor, ...] = field(default=((1, 2, 2), (2, 2, 2)))
     convs_per_level: int = 2
+    outputs: int = 1  # channels of the head: 1 for a denoiser, 2 for a prior (mean, log variance)
 
     def __post_init__(self) -> None:
         if self.depth < 0 or len(self.pools) != self.depth:
             raise ValueError(f"depth {self.depth} needs {self.depth} pooling factors, got {self.pools}")
-        if self.width < 1 or self.convs_per_level < 1:
-            raise ValueError("width and convs_per_level must be positive")
+        if self.width < 1 or self.convs_per_level < 1 or self.outputs < 1:
+            raise ValueError("width, convs_per_level and outputs must be positive")
 
     @property
     def divisor(self) -> Factor:
@@ -49,6 +50,7 @@ class UNetConfig:
             width=int(data["width"]),
             pools=tuple(tuple(int(v) for v in p) for p in data["pools"]),
             convs_per_level=int(data["convs_per_level"]),
+            outputs=int(data.get("outputs", 1)),  # model.json written before priors had none
         )
 
 
@@ -86,7 +88,7 @@ def _conv_block(channels_in: int, channels_out: int, convs: int) -> nn.Sequentia
 
 
 class UNet3D(nn.Module):
-    """Encoder-decoder with skip connections between levels, one input and one output channel."""
+    """Encoder-decoder with skip connections between levels, one input channel and ``config.outputs`` output channels."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -108,7 +110,7 @@ class UNet3D(nn.Module):
             _conv_block(2 * widths[level], widths[level], config.convs_per_level)
             for level in range(config.depth)
         )
-        self.head = nn.Conv3d(widths[0], 1, 1)
+        self.head = nn.Conv3d(widths[0], config.outputs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

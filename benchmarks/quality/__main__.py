@@ -171,6 +171,8 @@ ACCEPTANCE = [
     ("volden - CAREamics (>= 0)", "volden", "careamics", "psnr", 0.0),
     ("volden - Noise2Truth (>= -0.5)", "volden", "n2t", "psnr", -0.5),
     ("volden --tta 4 - volden (> 0)", "volden-tta", "volden", "psnr", 1e-9),
+    ("volden-posterior - volden (> 0)", "volden-posterior", "volden", "psnr", 1e-9),  # issue 31
+    ("volden-posterior - Noise2Truth (>= -0.3)", "volden-posterior", "n2t", "psnr", -0.3),
 ]
 
 
@@ -218,7 +220,8 @@ def report(results: dict) -> str:
         "Methods: raw (the noisy input), "
         "gaussian (sigmas by `volden calibrate`, no clean data), bm4d, careamics, volden (`volden.train` and "
         "`volden.denoise` at their defaults but for the fields named above), volden-tta (that model predicting with "
-        "`--tta 4`), n2t (volden's network, patches, schedule and prediction, trained on "
+        "`--tta 4`), volden-posterior (`volden train --posterior`: a prior network and the camera's noise curve fitted "
+        "from the volume, the posterior mean of Laine et al. 2019 at one pass per masking phase), n2t (volden's network, patches, schedule and prediction, trained on "
         "noisy-clean pairs: Noise2Truth), n2t-masked (Noise2Truth through volden's masks: the masked and filled patch in, "
         "the loss on the masked voxels against the clean patch), volden-fresh (volden's training on a new "
         "recording of the clean patch each step: endless noise realisations instead of one). PSNR (peak: the clean volume's range) and SSIM against the clean volume; 'crop' columns on the centre crop BM4D runs on "

@@ -6,6 +6,7 @@ so the table can put the peers on the same training budget and compare predictio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -21,6 +22,7 @@ from volden import Model, TrainConfig, denoise, load_model, train
 from volden.apply import as_output_dtype
 from volden.calibrate import calibrate
 from volden.divergence import DivergenceGuard, restarts_note
+from volden.errors import VoldenError
 from volden.normalisation import estimate_normalisation
 from volden.predict import resolve_device
 from volden.sampler import augment
@@ -164,6 +166,19 @@ def volden_default(case: Case, settings: Settings, work: Path) -> Run:
     return Run(denoised, train_s, predict_s, note=steps_note(model.training["steps_done"], model.training["restarts"]))
 
 
+def volden_posterior(case: Case, settings: Settings, work: Path) -> Run:
+    """``volden train --posterior`` and ``volden.denoise`` (the posterior mean, one pass per
+    masking phase), its other settings volden's; a noise curve its check refuses skips the row."""
+    config = dataclasses.replace(settings.train_config(), posterior=True)
+    try:
+        model, train_s = timed(train, case.noisy, work / "volden-posterior-model", config)
+    except VoldenError as refused:
+        raise Skip(str(refused)) from None
+    denoised, predict_s = predict_with(model, case)
+    note = steps_note(model.training["steps_done"], model.training["restarts"])
+    return Run(denoised, train_s, predict_s, note=f"{note}, {model.noise_curve}")
+
+
 def steps_note(steps: int, restarts: int) -> str:
     """A training row's note: its steps, and how often ``DivergenceGuard`` took it back."""
     return f"{steps} steps" + restarts_note(restarts)
@@ -279,6 +294,7 @@ METHODS = {
     "volden": volden_default,
     "volden-tta": volden_tta,
     "volden-rounded": volden_rounded,
+    "volden-posterior": volden_posterior,
     "n2t": noise2truth,
     "n2t-masked": noise2truth_masked,
     "volden-fresh": volden_fresh_noise,
