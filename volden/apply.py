@@ -26,6 +26,7 @@ a run that had just started removes what it wrote, since no resume can help.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -311,6 +312,7 @@ def apply_model(
     client: Client | None = None,
     progress: Callable[[int, int], None] | None = None,
     tile_resources: dict[str, float] | None = None,
+    lock: RunLock | None = None,
 ) -> ApplyReport:
     """Denoise ``image`` into the OME-Zarr ``output``; ``progress(done, total)`` per block.
 
@@ -321,7 +323,8 @@ def apply_model(
     network pass at a time uses a device. A run that fails or is killed leaves ``output``
     marked ``running`` with its ledger, ready to resume; one that finds its input damaged
     removes what it wrote, unless it was resuming. ``config.nonfinite`` says what NaN and Inf
-    input voxels do (:mod:`volden.finite`).
+    input voxels do (:mod:`volden.finite`). ``lock`` is ``output``'s lock when the caller holds
+    it already (the command takes it before it starts a cluster, so a refused run starts none).
     """
     start = time.perf_counter()
     models, output = ModelSet.of(model), Path(output)
@@ -330,7 +333,7 @@ def apply_model(
     volumes = [image.volume(t, c) for t in selection[1] for c in selection[0]]
     volume_models = [models.for_channel(v.channel) for v in volumes]
     filled = check_finite(volumes, image.where, config.nonfinite)
-    with RunLock(output, "apply") as lock:
+    with nullcontext(lock) if lock else RunLock(output, "apply") as lock:
         previous = resumable_plan(output, Ledger(output)) if config.resume else None
         if previous is None and not config.overwrite and not is_vacant(output):
             raise VoldenError(f"{output} exists; pass --overwrite to replace it")

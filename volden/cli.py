@@ -288,6 +288,7 @@ def apply(model_path, input, output, array, block, halo, blend, tta, device, dty
     from .inference import plan_blocks
     from .model import load_models
     from .paths import check_output_path
+    from .runlock import RunLock
     from .volume import open_image
 
     config = ApplyConfig(block=block, halo=halo, blend=blend, tta=int(tta), device=device, dtype=dtype,
@@ -309,12 +310,12 @@ def apply(model_path, input, output, array, block, halo, blend, tta, device, dty
     if resume:
         resumable_plan(Path(output), Ledger(output))
     tile_resources = {"GPU": 1} if gpus_per_job else None
-    with open_client(where) as client, block_bar() as show:
+    with RunLock(output, "apply") as lock, open_client(where) as client, block_bar() as show:
         if cluster != "local":
             click.echo(f"scheduler {client.scheduler.address}; dashboard {client.dashboard_link}", err=True)
         try:
             report = apply_model(models, image, output, config, client=client, progress=show,
-                                 tile_resources=tile_resources)
+                                 tile_resources=tile_resources, lock=lock)
         except VoldenError:
             raise
         except Exception as err:
