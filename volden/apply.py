@@ -328,7 +328,8 @@ def apply_model(
     """
     start = time.perf_counter()
     models, output = ModelSet.of(model), Path(output)
-    check_output_path(image.path, output, config.overwrite or config.resume)
+    if lock is None:  # a caller holding the lock checked the path before taking it (which made the folder)
+        check_output_path(image.path, output, config.overwrite or config.resume)
     selection = image.select(config.channels, config.timepoints)
     volumes = [image.volume(t, c) for t in selection[1] for c in selection[0]]
     volume_models = [models.for_channel(v.channel) for v in volumes]
