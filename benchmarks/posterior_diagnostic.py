@@ -81,8 +81,7 @@ def main() -> None:
     mean, prior_var = prior_of(blind(prior, noisy, lambda c: c)[None])
     score("prior mean (J-invariant)", norm.invert(mean[0, 0].numpy()))
     y = torch.from_numpy(norm.apply(noisy))[None, None]
-    camera = Camera()
-    true_curve = NoiseCurve(camera.gain, camera.gain**2 * camera.read_noise**2 - camera.gain * camera.offset + 1 / 12, 0, 0)
+    true_curve = NoiseCurve(*Camera().noise_curve(), 0, 0)
     for label, curve in (("fitted", prior.noise_curve), ("true", true_curve)):
         noise_var = curve.normalised_variance(mean, norm)
         score(f"posterior, {label} curve ({curve})", norm.invert(posterior_mean(y, mean, prior_var, noise_var)[0, 0].numpy()))

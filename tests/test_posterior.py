@@ -30,16 +30,11 @@ from conftest import tiny_config
 CAMERAS = [Camera(), Camera(offset=300.0, gain=4.0, read_noise=3.0)]
 
 
-def true_curve(camera: Camera) -> tuple[float, float]:
-    """a and b of the camera's ADU variance: gain^2 (photons + read^2), plus rounding to integers."""
-    return camera.gain, camera.gain**2 * camera.read_noise**2 - camera.gain * camera.offset + 1 / 12
-
-
 @pytest.mark.parametrize("camera", CAMERAS, ids=["gain2-offset100-read1.5", "gain4-offset300-read3"])
 def test_noise_curve_fit_is_within_ten_percent_of_the_camera(camera):
     noisy, _ = synthetic_volume((64, 128, 128), "nuclei", 20.0, seed=1, camera=camera)
     curve = fit_noise_curve(noisy)
-    a, b = true_curve(camera)
+    a, b = camera.noise_curve()
     assert abs(curve.a - a) <= 0.1 * abs(a)
     assert abs(curve.b - b) <= 0.1 * abs(b)
     curve.check()

@@ -70,10 +70,12 @@ class NoiseCurve:
 
 def fit_array(image: np.ndarray, bins: int = BINS) -> NoiseCurve:
     """The noise curve of one array (at least 3 voxels along y and x)."""
-    return _fit_binned(*_local_pairs(np.asarray(image, dtype=np.float64)), bins)
+    return fit_binned(*_local_pairs(np.asarray(image, dtype=np.float64)), bins)
 
 
-def _fit_binned(mean: np.ndarray, residual: np.ndarray, bins: int) -> NoiseCurve:
+def fit_binned(mean: np.ndarray, residual: np.ndarray, bins: int = BINS) -> NoiseCurve:
+    """The line through the variances of ``residual`` in ``bins`` quantile bins of ``mean``
+    (voxel by voxel), weighted by the square root of the voxels in each bin."""
     edges = np.quantile(mean, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, bins - 1)
     counts = np.bincount(which, minlength=bins)
@@ -96,7 +98,7 @@ def fit_noise_curve(data: da.Array, max_chunks: int = 16, seed: int = 0) -> Nois
     pairs = [_local_pairs(b) for b in blocks if min(b.shape[-2:]) >= 3]
     if not pairs:
         raise VoldenError(f"the volume's chunks {data.chunksize} are too thin to fit a noise curve (3 voxels in y and x)")
-    return _fit_binned(np.concatenate([m for m, _ in pairs]), np.concatenate([r for _, r in pairs]), BINS)
+    return fit_binned(np.concatenate([m for m, _ in pairs]), np.concatenate([r for _, r in pairs]), BINS)
 
 
 def _local_pairs(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,11 @@ class Camera:
     read_noise: float = 1.5
     background: float = 2.0  # photons per voxel, on top of 5% of the peak photons
 
+    def noise_curve(self) -> tuple[float, float]:
+        """a and b of its ADU variance, a * expected ADU + b: gain^2 (photons + read noise^2),
+        plus the rounding to integers (1/12)."""
+        return self.gain, self.gain**2 * self.read_noise**2 - self.gain * self.offset + 1 / 12
+
 
 def _cell_rng(seed: int, kind: str, cell: tuple[int, int, int]) -> np.random.Generator:
     return np.random.default_rng([seed, KINDS.index(kind), *cell])
