@@ -171,7 +171,7 @@ def test_train_posterior_apply_and_info_through_the_command(tmp_path):
     assert done.returncode == 0, done.stderr
     model = load_model(tmp_path / "model")
     assert model.is_prior and model.training["posterior"]
-    a, b = true_curve(Camera())
+    a, b = Camera().noise_curve()
     assert abs(model.noise_curve.a - a) <= 0.25 * a and abs(model.noise_curve.b - b) <= 0.25 * abs(b)
     info = run("info", "model", cwd=tmp_path)
     assert info.returncode == 0, info.stderr
