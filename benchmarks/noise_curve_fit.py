@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 
 import volden
@@ -50,9 +51,9 @@ def main() -> None:
         case = make_case(name, args.work, shape)
         if case is None:
             continue
-        noisy_volume = case.noisy
-        noisy, clean = noisy_volume.data.compute().astype(np.float64), case.clean.astype(np.float64)
-        fits = {"local": fit_noise_curve(noisy_volume.data),
+        on_disk = case.noisy.data
+        noisy, clean = on_disk.compute().astype(np.float64), case.clean.astype(np.float64)
+        fits = {"local": fit_noise_curve(da.from_array(noisy, chunks=on_disk.chunks)),  # the chunks it samples
                 "clean": fit_binned(clean.ravel(), (noisy - clean).ravel())}
         model_folder = args.work / name / "volden-posterior-model"
         if (model_folder / "model.json").exists():
